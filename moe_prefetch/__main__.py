@@ -1,0 +1,3 @@
+from moe_prefetch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``moe-prefetch`` subcommand; see ``moe_prefetch.cli``."""
