@@ -262,7 +262,7 @@ class _TraceDecoder:
                     raise self.fail(f"column '{name}' has no matching '{PRED_PREFIX}' column")
         for info in self.meta.predictors:
             if PRED_PREFIX + info.name not in schema.names:
-                raise self.fail(f"metadata lists predictor '{info.name}' but column 'pred.{info.name}' is absent")
+                raise self.fail(f"metadata lists predictor '{info.name}' but its column is absent")
         if self.table.num_rows == 0:
             raise self.fail("trace has no rows")
         if self.model.top_k < 1 or self.model.num_experts < self.model.top_k:
@@ -327,9 +327,7 @@ class _TraceDecoder:
         row = int(starts[bad[0]]) if len(bad) else int(token * num_layers)
         have = sorted(set(layer[row : row + (counts[bad[0]] if len(bad) else num_layers)].tolist()))
         missing = sorted(set(known.tolist()) - set(have))
-        raise self.fail(
-            f"(seq_id={int(seq[row])}, pos={int(pos[row])}) is missing rows for layers {missing}"
-        )
+        raise self.fail(f"(seq_id={int(seq[row])}, pos={int(pos[row])}) is missing rows for layers {missing}")
 
     # -- list columns
 
@@ -393,7 +391,8 @@ class _TraceDecoder:
             width = int(lengths[valid][0])
             if width < self.model.top_k:
                 raise self.fail(
-                    f"column 'pred.{info.name}': lists of {width} experts, fewer than top_k={self.model.top_k}"
+                    f"column 'pred.{info.name}': lists of {width} experts, "
+                    f"fewer than top_k={self.model.top_k}"
                 )
             ranked = self._dense_list(PRED_PREFIX + info.name, order, width, np.int16, allow_null=True)
             self._check_expert_ids(PRED_PREFIX + info.name, ranked, order, num_layers)

@@ -1,0 +1,42 @@
+"""The command line: every subcommand explains itself, and the light packages stay light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from moe_prefetch.cli import COMMAND_MODULES, build_parser, main
+
+
+def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMAND_MODULES:
+        assert name in out
+
+
+@pytest.mark.parametrize("command", COMMAND_MODULES)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert len(capsys.readouterr().out.splitlines()) > 3
+
+
+def test_parser_builds_without_importing_torch() -> None:
+    code = (
+        "import sys; import moe_prefetch.cli as c; c.build_parser(); import sim, reports, traces; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_unknown_subcommand_exits_with_usage_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["no-such-command"])
+    assert exit_info.value.code == 2
