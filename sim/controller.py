@@ -1,0 +1,322 @@
+"""The decode decision sequence both clocks call: it owns the cache and the policy and says, per event,
+what to fetch now (and at what priority), which needed experts are hits, late or misses, and it learns
+when a transfer finished.
+
+One step of the decode, for MoE layers ``j = 0 .. L-1`` in order (``logical_events`` lists it)::
+
+    begin_step(s)
+      layer_start(j)                   -> prefetch requests
+      prediction_ready(j)              -> prefetch requests   (issue_point == "layer-start" only)
+      router(j)                        -> RouterDecision: hits / late / misses + demand requests
+      prediction_ready(j + 1)          -> prefetch requests   (issue_point == "router", j + 1 < L only)
+      layer_end(j)                     -> prefetch requests
+    end_step()
+
+A clock (the SimPy engine, the live executor) calls these in exactly this order and decides only *when*:
+it delivers each event at the later of its physical time and the previous event's delivery, issues the
+returned transfers, lets a late prefetch's transfer jump to demand priority, starts a needed expert's
+compute once its copy has landed, and reports each landed copy with ``transfer_finished`` as soon as it
+knows (before the next event it delivers). Everything the controller decides depends on the trace, the
+cache's logical state and static profile estimates, never on the clock, so hit-or-late versus miss,
+evictions, waste and bytes moved are identical in both clocks; only hit versus late can differ.
+
+Timing rules a clock must honour (they keep the physical state consistent with the logical one):
+- a transfer into a slot may start only after the previous transfer into that slot completed and after
+  the compute that last read the slot finished (``FetchRequest.slot`` names the slot);
+- every returned request is transferred (no cancellation): bytes moved = requests x bytes per expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sim.cache import CacheConfig, Entry, ExpertCache
+from sim.policies import DEMAND, LAYER_START, PREFETCH, ROUTER, Actions, CacheView, Policy, TimingEstimates
+from sim.workload import Step, Workload
+
+HIT, LATE, MISS = 0, 1, 2
+
+#: event kinds, in the order they occur within one MoE layer
+LAYER_START_EVENT = "layer_start"
+PREDICTION_EVENT = "prediction_ready"
+ROUTER_EVENT = "router"
+LAYER_END_EVENT = "layer_end"
+
+
+class FetchRequest:
+    """One host-to-device copy of one expert into one slot. ``seq`` is the global issue order; a clock
+    queues transfers by ``(priority, seq)``. ``demand`` tells a demand load from a prefetch; ``target``
+    is the decode position (``step * L + layer``) the expert was fetched for."""
+
+    __slots__ = ("demand", "expert", "key", "layer", "priority", "seq", "slot", "target")
+
+    def __init__(
+        self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
+    ) -> None:
+        self.seq = seq
+        self.key = key
+        self.layer = layer
+        self.expert = expert
+        self.slot = slot
+        self.priority = priority
+        self.demand = demand
+        self.target = target
+
+    def __repr__(self) -> str:
+        kind = "demand" if self.demand else "prefetch"
+        return f"FetchRequest(#{self.seq} {kind} layer={self.layer} expert={self.expert} slot={self.slot})"
+
+
+class RouterDecision:
+    """What layer ``layer``'s router needs: ``experts`` (router order), their ``slots`` and ``status``
+    (HIT: copy landed, LATE: copy issued but not landed, MISS: absent, a demand load was issued),
+    ``tokens`` (how many of the step's tokens each serves), the new ``demands`` and the outstanding
+    requests of the ``late`` experts (a clock should promote them to demand priority), and the policy's
+    ``prefetches`` issued at this router (after the demands)."""
+
+    __slots__ = ("demands", "experts", "late", "layer", "prefetches", "slots", "status", "tokens")
+
+    def __init__(self, layer: int, experts: list[int], tokens: list[int]) -> None:
+        self.layer = layer
+        self.experts = experts
+        self.tokens = tokens
+        self.slots: list[int] = []
+        self.status: list[int] = []
+        self.demands: list[FetchRequest] = []
+        self.late: list[FetchRequest] = []
+        self.prefetches: list[FetchRequest] = []
+
+
+@dataclass
+class DecisionCounters:
+    """Logical outcome of a run; identical for every clock except the hits/late split."""
+
+    hits: list[int]
+    late: list[int]
+    misses: list[int]
+    demand_loads: int = 0
+    prefetches_issued: int = 0
+    prefetches_present: int = 0
+    prefetches_dropped: int = 0
+    wasted: int = 0
+    evictions: int = 0
+    slots_used: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def transfers(self) -> int:
+        return self.demand_loads + self.prefetches_issued
+
+
+def logical_events(num_layers: int, issue_point: str) -> Iterator[tuple[str, int]]:
+    """The event sequence of one step: ``(kind, layer)`` pairs in the order a clock must deliver them."""
+    for j in range(num_layers):
+        yield LAYER_START_EVENT, j
+        if issue_point == LAYER_START:
+            yield PREDICTION_EVENT, j
+        yield ROUTER_EVENT, j
+        if issue_point == ROUTER and j + 1 < num_layers:
+            yield PREDICTION_EVENT, j + 1
+        yield LAYER_END_EVENT, j
+
+
+class DecodeController:
+    """Decisions of one run: a workload, a fresh policy object and a cache configuration."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        cache_config: CacheConfig,
+        estimates: TimingEstimates | None = None,
+    ) -> None:
+        self.workload = workload
+        self.policy = policy
+        self.num_layers = workload.num_layers
+        self.num_experts = workload.num_experts
+        self.cache = ExpertCache(
+            cache_config,
+            self.num_layers,
+            self.num_experts,
+            reserve=workload.max_needed(),
+            next_use=lambda: workload.next_use,
+            resident=policy.resident,
+        )
+        policy.bind(workload, CacheView(self.cache.contains, self.num_experts), estimates)
+        self.counters = DecisionCounters(
+            hits=[0] * self.num_layers, late=[0] * self.num_layers, misses=[0] * self.num_layers
+        )
+        self.step: Step | None = None
+        self.layer = -1
+        self._seq = 0
+        self._prefetched_for: dict[int, list[Entry]] = {}
+        cls = type(policy)
+        self._hooks = {
+            name: getattr(cls, name) is not getattr(Policy, name)
+            for name in (
+                "on_step_start",
+                "on_layer_start",
+                "on_prediction_ready",
+                "on_router",
+                "on_layer_end",
+            )
+        }
+
+    # -- the sequence
+
+    def begin_step(self, s: int) -> list[FetchRequest]:
+        self.step = self.workload.step(s)
+        self.layer = -1
+        if self._hooks["on_step_start"]:
+            return self._prefetch(self.policy.on_step_start(self.step))
+        return []
+
+    def layer_start(self, j: int) -> list[FetchRequest]:
+        self.layer = j
+        self.cache.advance(self._pos(j))
+        if self._hooks["on_layer_start"]:
+            return self._prefetch(self.policy.on_layer_start(self.step, j))
+        return []
+
+    def prediction_ready(self, j: int) -> list[FetchRequest]:
+        """The prediction for MoE layer ``j`` is available."""
+        if self._hooks["on_prediction_ready"]:
+            return self._prefetch(self.policy.on_prediction_ready(self.step, j))
+        return []
+
+    def router(self, j: int) -> RouterDecision:
+        step = self.step
+        pos = self._pos(j)
+        cache = self.cache
+        needed = step.needed[j]
+        decision = RouterDecision(j, needed, step.tokens_per_expert[j])
+        for entry in self._prefetched_for.pop(pos, ()):
+            cache.unpin_if_only(entry, pos)
+        base = j * self.num_experts
+        entries = [cache.entries.get(base + e) for e in needed]
+        status = decision.status
+        for entry in entries:  # pin everything present first, so demand loads cannot evict it
+            if entry is None:
+                status.append(MISS)
+                continue
+            cache.use(entry, pos)
+            if entry.arrived:
+                status.append(HIT)
+            else:
+                status.append(LATE)
+                decision.late.append(entry.request)
+        cache.routed(pos)
+        counters = self.counters
+        slots = decision.slots
+        for i, e in enumerate(needed):
+            entry = entries[i]
+            if entry is None:
+                entry = cache.allocate(base + e, pos, prefetch=False)
+                cache.use(entry, pos)
+                request = FetchRequest(self._seq, base + e, j, e, entry.slot, DEMAND, True, pos)
+                self._seq += 1
+                entry.request = request
+                decision.demands.append(request)
+            slots.append(entry.slot)
+        n_miss = len(decision.demands)
+        n_late = len(decision.late)
+        counters.misses[j] += n_miss
+        counters.late[j] += n_late
+        counters.hits[j] += len(needed) - n_miss - n_late
+        counters.demand_loads += n_miss
+        if self._hooks["on_router"]:
+            decision.prefetches = self._prefetch(self.policy.on_router(step, j))
+        return decision
+
+    def layer_end(self, j: int) -> list[FetchRequest]:
+        self.cache.release_through(self._pos(j))
+        if self._hooks["on_layer_end"]:
+            return self._prefetch(self.policy.on_layer_end(self.step, j))
+        return []
+
+    def end_step(self) -> None:
+        self.step = None
+
+    def transfer_finished(self, request: FetchRequest) -> None:
+        """The copy of ``request`` landed in its slot (the clock calls this once per request)."""
+        entry = self.cache.entries.get(request.key)
+        if entry is not None and entry.request is request:
+            entry.arrived = True
+            entry.request = None
+
+    def finish(self) -> DecisionCounters:
+        counters = self.counters
+        counters.wasted = self.cache.finish()
+        counters.evictions = self.cache.evictions
+        counters.slots_used = self.cache.peak_slots
+        return counters
+
+    # -- internals
+
+    def _pos(self, j: int) -> int:
+        return self.step.index * self.num_layers + j
+
+    def _prefetch(self, actions: Actions) -> list[FetchRequest]:
+        requests: list[FetchRequest] = []
+        cache = self.cache
+        counters = self.counters
+        s = self.step.index
+        for layer, experts, priority in actions:
+            target = (s if layer >= self.layer else s + 1) * self.num_layers + layer
+            base = layer * self.num_experts
+            pinned = self._prefetched_for.setdefault(target, [])
+            for e in experts:
+                key = base + e
+                entry = cache.entries.get(key)
+                if entry is not None:
+                    cache.protect(entry, target)
+                    counters.prefetches_present += 1
+                    pinned.append(entry)
+                    continue
+                entry = cache.allocate(key, target, prefetch=True)
+                if entry is None:
+                    counters.prefetches_dropped += 1
+                    continue
+                request = FetchRequest(
+                    self._seq, key, layer, e, entry.slot, max(priority, PREFETCH), False, target
+                )
+                self._seq += 1
+                entry.request = request
+                pinned.append(entry)
+                requests.append(request)
+                counters.prefetches_issued += 1
+        return requests
+
+
+def run_decisions(controller: DecodeController, copies_land_at_once: bool = True) -> DecisionCounters:
+    """Drive ``controller`` through the whole workload with no clock at all.
+
+    With ``copies_land_at_once`` every transfer is reported finished as soon as it is issued (so "late"
+    never happens); otherwise none is (every prefetch that is needed counts as late). Either way misses,
+    evictions, waste and transfers equal those of any clock: use it to check a clock or to size slots.
+    """
+    issue_point = controller.policy.issue_point
+    num_layers = controller.num_layers
+    finish = controller.transfer_finished if copies_land_at_once else None
+
+    def issue(requests: list[FetchRequest]) -> None:
+        if finish is not None:
+            for request in requests:
+                finish(request)
+
+    for s in range(controller.workload.num_steps):
+        issue(controller.begin_step(s))
+        for kind, j in logical_events(num_layers, issue_point):
+            if kind == ROUTER_EVENT:
+                decision = controller.router(j)
+                issue(decision.demands)
+                issue(decision.prefetches)
+            elif kind == LAYER_START_EVENT:
+                issue(controller.layer_start(j))
+            elif kind == PREDICTION_EVENT:
+                issue(controller.prediction_ready(j))
+            else:
+                issue(controller.layer_end(j))
+        controller.end_step()
+    return controller.finish()
