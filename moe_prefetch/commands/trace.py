@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from traces.trace import read_trace
+import numpy as np
+
+from traces.trace import Trace, read_trace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,6 +15,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "trace", help="inspect, validate and import routing traces", description=__doc__
     )
     actions = parser.add_subparsers(dest="trace_command", metavar="ACTION", required=True)
+
+    info = actions.add_parser(
+        "info",
+        help="summarise a trace: size, model, provenance, predictors, popularity skew, reuse",
+        description="Print what a trace holds and where it came from, with routing statistics: expert "
+        "popularity skew per layer (share of the busiest 10%% of experts, Gini), previous-token overlap "
+        "and reuse distance quantiles (tokens since the same layer last used the expert).",
+    )
+    info.add_argument("files", nargs="+", metavar="FILE", help="trace Parquet file(s)")
+    info.add_argument(
+        "--cache-slots",
+        type=int,
+        metavar="N",
+        help="also print the hit rate of an optimal (Belady) cache of N experts per layer: the best any "
+        "eviction policy can do without prefetching (slow on big traces: about 1 s per million routed slots)",
+    )
+    info.set_defaults(handler=_info)
 
     validate = actions.add_parser(
         "validate",
@@ -28,3 +48,95 @@ def _validate(args: argparse.Namespace) -> int:
         trace = read_trace(path)
         print(f"{path}: ok ({trace.num_tokens} tokens x {trace.num_layers} MoE layers)")
     return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    for path in args.files:
+        trace = read_trace(path)
+        print(path)
+        for label, text in describe_trace(trace, cache_slots=args.cache_slots):
+            print(f"  {label:<12} {text}")
+    return 0
+
+
+def describe_trace(trace: Trace, cache_slots: int | None = None) -> list[tuple[str, str]]:
+    """(label, text) lines summarising ``trace`` (what ``trace info`` prints)."""
+    from traces import stats
+
+    model, prov = trace.metadata.model, trace.metadata.provenance
+    starts = trace.seq_starts
+    lengths = np.diff(starts) if trace.num_tokens else np.zeros(1, np.int64)
+    lines = [
+        (
+            "tokens",
+            f"{trace.num_tokens:,} in {len(starts) - 1:,} sequences "
+            f"(length {int(lengths.min())}-{int(lengths.max())})",
+        ),
+        (
+            "model",
+            f"{model.name} ({model.architecture}): {model.num_moe_layers} MoE of {model.num_layers} layers, "
+            f"{model.num_experts} experts, top-{model.top_k}, "
+            f"{model.bytes_per_expert / 1e6:.1f} MB/expert in {model.dtype}",
+        ),
+        ("origin", prov.origin + (" (NOT measured on a model)" if prov.origin == "synthetic" else "")),
+    ]
+    for field in ("source", "gpu", "corpus", "command", "date", "notes"):
+        value = getattr(prov, field)
+        if value:
+            lines.append((f"  {field}", str(value)))
+    if prov.recipe:
+        lines.append(("  recipe", _format_metrics(prov.recipe)))
+    if prov.software:
+        lines.append(("  software", ", ".join(f"{k} {v}" for k, v in sorted(prov.software.items()))))
+    for info in trace.metadata.predictors:
+        width = trace.predictions[info.name].shape[2]
+        metrics = _format_metrics(info.metrics)
+        lines.append(("predictor", f"{info.name} ({info.kind}, {width} ranked): {metrics or 'no metrics'}"))
+
+    skew = stats.popularity_skew(stats.expert_counts(trace))
+    share = skew.top_decile_share
+    lines.append(
+        (
+            "popularity",
+            f"busiest 10% of experts take {100 * share.mean():.1f}% of routed slots "
+            f"(per layer {100 * share.min():.1f}-{100 * share.max():.1f}%; uniform = "
+            f"{100 * max(1, -(-model.num_experts // 10)) / model.num_experts:.1f}%), "
+            f"Gini {skew.gini.mean():.2f}, CV {skew.cv.mean():.2f}",
+        )
+    )
+    overlap = stats.previous_token_overlap(trace)
+    reuse = stats.reuse_distance_summary(trace)
+    quantiles = ", ".join(f"p{round(100 * q)} {v:g}" for q, v in reuse.quantiles.items())
+    lines.append(
+        (
+            "reuse",
+            f"previous-token overlap {100 * np.nanmean(overlap):.1f}%; reuse distance {quantiles} tokens; "
+            f"first uses {100 * reuse.first_use_share:.2f}% of routed slots",
+        )
+    )
+    if cache_slots is not None:
+        try:
+            hit_rate = stats.oracle_cache_hit_rate(trace, cache_slots)
+        except ValueError as exc:
+            lines.append(("cache bound", str(exc)))
+        else:
+            lines.append(
+                ("cache bound", f"Belady hit rate {100 * hit_rate:.1f}% with {cache_slots} slots per layer")
+            )
+    return lines
+
+
+def _format_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
+    """``a=0.930, b.c=12`` from a (possibly nested) metrics dict."""
+    parts = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            nested = _format_metrics(value, prefix=f"{name}.")
+            if nested:
+                parts.append(nested)
+        elif isinstance(value, float):
+            parts.append(f"{name}={value:.4g}")
+        else:
+            parts.append(f"{name}={value}")
+    return ", ".join(parts)
