@@ -1,0 +1,76 @@
+"""``moe-prefetch calibrate``: measure a GPU's copy and compute costs and write a hardware profile.
+
+Runs on a GPU (CUDA events, warm-up, repetitions, medians): host-to-device copies over sizes from pinned
+and pageable memory, concurrent copies on several streams, and for every model shape given the decode
+ops the live executor runs (attention against context length and batch, norms, router, expert SwiGLU
+against token count, shared experts, dense MLP, predictor MLP on GPU and CPU), plus launch overhead.
+The profile (TOML) is what ``moe-prefetch simulate --hardware FILE`` reads; ``--raw`` also keeps every
+measured number as JSON. ``--device cpu --effort smoke`` checks the code path on a machine without a GPU
+(the numbers are then meaningless and the profile says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from traces.fileio import InputError, write_text_atomic
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="measure copy and compute costs on a GPU and write a hardware profile (TOML)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model-shape",
+        action="append",
+        required=True,
+        metavar="KEY|CONFIG",
+        help="model whose decode ops to time: a known key (e.g. qwen3-30b-a3b, deepseek-v2-lite, "
+        "mixtral-8x7b) or an HF config.json; repeat for several",
+    )
+    parser.add_argument("--out", required=True, metavar="PROFILE.toml", help="hardware profile to write")
+    parser.add_argument("--raw", metavar="FILE.json", help="also write every measurement as JSON")
+    parser.add_argument("--name", default="", help="profile name (default: derived from the GPU name)")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available), cuda, cuda:1, cpu"
+    )
+    parser.add_argument(
+        "--effort",
+        choices=("full", "smoke"),
+        default="full",
+        help="full: the real sweep (about a minute per shape on an H200); smoke: tiny sizes, seconds",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sim import calibrate as cal
+    from traces.shapes import resolve_shape
+
+    shapes = [resolve_shape(spec) for spec in args.model_shape]
+    names = [s.name for s in shapes]
+    if len(set(names)) != len(names):
+        raise InputError(args.model_shape[0], "the same model shape is given twice")
+    effort = cal.Effort.smoke() if args.effort == "smoke" else cal.Effort()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(args.device, "no CUDA device is available (use --device cpu for a smoke run)")
+    result = cal.calibrate(
+        shapes,
+        device=args.device,
+        effort=effort,
+        progress=lambda m: print(f"calibrate: {m}", file=sys.stderr),
+    )
+    if args.raw:
+        write_text_atomic(args.raw, json.dumps(result.to_dict(), indent=1) + "\n")
+    cal.write_profile(result, shapes, args.out, name=args.name, smoke=args.effort == "smoke")
+    print(cal.summary_text(result))
+    print(f"profile written to {args.out}")
+    return 0

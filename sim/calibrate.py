@@ -1,0 +1,673 @@
+"""Calibration: measure on a GPU what the simulator needs and write it as a hardware profile.
+
+Measured (CUDA events, warm-up, repetitions, medians; inputs rotated over more bytes than the L2 cache so
+that repeated runs do not measure the cache): host-to-device copy time over sizes from pinned and
+pageable memory; several copies at once on separate streams (do the copy engines share one PCIe link?);
+and, for each model shape, the decode ops of ``sim.kernels`` (the very functions the live executor runs):
+attention against context length and batch, RMS norm, router, residual add, routed expert SwiGLU against
+token count, shared expert and dense MLP, the paper's predictor MLP on the GPU and on the CPU; plus the
+launch overhead of a trivial kernel, a large matmul's rate and device memory bandwidth.
+
+Pure logic (fitting, conversion to the profile) is separate from measurement and testable on the CPU;
+the measurement functions accept ``device=cpu`` with tiny sizes for smoke tests. torch is imported only
+inside the measurement functions, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from traces.schema import ModelShape
+
+if TYPE_CHECKING:
+    from sim.hardware import HardwareProfile
+
+KIB = 1024
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+#: Copy sizes measured by default (the shapes' own expert sizes are added).
+DEFAULT_COPY_SIZES = (64 * KIB, 256 * KIB, MIB, 4 * MIB, 16 * MIB, 64 * MIB, 256 * MIB)
+DEFAULT_CONTEXTS = (1, 64, 256, 512, 1024, 2048, 4096, 8192)
+DEFAULT_BATCHES = (1, 2, 4, 8)
+DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: Bytes to rotate through so repeated kernels do not hit a warm L2 (H200: 60 MB).
+ROTATE_BYTES = 256 * MIB
+MAX_ROTATION = 64
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How hard to measure: repetitions and the sizes swept."""
+
+    warmup: int = 5
+    reps: int = 30
+    inner: int = 10
+    copy_sizes: tuple[int, ...] = DEFAULT_COPY_SIZES
+    contexts: tuple[int, ...] = DEFAULT_CONTEXTS
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    tokens: tuple[int, ...] = DEFAULT_TOKENS
+    concurrency_streams: tuple[int, ...] = (1, 2, 3, 4)
+    concurrency_size_bytes: int = 64 * MIB
+    matmul_n: int = 8192
+    bandwidth_bytes: int = GIB
+    rotate_bytes: int = ROTATE_BYTES
+
+    @classmethod
+    def smoke(cls) -> Effort:
+        """Tiny sizes and few repetitions: checks the code path on a CPU in seconds."""
+        return cls(
+            warmup=1,
+            reps=3,
+            inner=2,
+            copy_sizes=(4 * KIB, 64 * KIB),
+            contexts=(1, 16),
+            batches=(1, 2),
+            tokens=(1, 4),
+            concurrency_streams=(1, 2),
+            concurrency_size_bytes=64 * KIB,
+            matmul_n=64,
+            bandwidth_bytes=MIB,
+            rotate_bytes=0,
+        )
+
+
+@dataclass
+class CopyPoint:
+    """Median time of one host-to-device copy of ``size_bytes`` (pageable is None when not measured)."""
+
+    size_bytes: int
+    pinned_s: float
+    pageable_s: float | None = None
+
+
+@dataclass
+class ConcurrencyPoint:
+    """``streams`` copies of ``size_bytes`` each, started together on separate streams: time until all end."""
+
+    streams: int
+    size_bytes: int
+    total_s: float
+
+    @property
+    def aggregate_gbps(self) -> float:
+        return self.streams * self.size_bytes / self.total_s / 1e9
+
+
+@dataclass
+class ShapeTimings:
+    """Per-call medians of the decode ops of one model shape (seconds; curves indexed like their axes)."""
+
+    shape: str
+    batches: list[int]
+    contexts: list[int]
+    tokens: list[int]
+    attention_s: list[list[float]]  # [batch][context]
+    norm_s: list[float]  # [batch]
+    router_s: list[float]  # [batch]
+    add_s: list[float]  # [batch] one residual add
+    expert_s: list[float]  # [tokens]
+    shared_s: list[float] = field(default_factory=list)  # [tokens], empty without shared experts
+    dense_s: list[float] = field(default_factory=list)  # [tokens], empty without dense layers
+    predictor_gpu_s: list[float] = field(default_factory=list)  # [batch]
+    predictor_cpu_s: list[float] = field(default_factory=list)  # [batch]
+
+
+@dataclass
+class Calibration:
+    """Everything one calibration run measured, with where and when."""
+
+    gpu: str
+    driver: str
+    torch_version: str
+    cuda_version: str
+    date: str
+    device: str
+    host: str
+    copy_engines: int | None
+    launch_overhead_s: float
+    matmul_tflops: float
+    device_bandwidth_gbps: float
+    copies: list[CopyPoint]
+    concurrency: list[ConcurrencyPoint]
+    shapes: dict[str, ShapeTimings]
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Calibration:
+        doc = dict(doc)
+        doc["copies"] = [CopyPoint(**c) for c in doc["copies"]]
+        doc["concurrency"] = [ConcurrencyPoint(**c) for c in doc["concurrency"]]
+        doc["shapes"] = {k: ShapeTimings(**v) for k, v in doc["shapes"].items()}
+        return cls(**doc)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+
+
+def fit_copy_line(sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:
+    """Fit ``t = latency + bytes / bandwidth`` minimising relative error; returns (latency_s, gbps).
+
+    Relative (1/t-weighted) least squares keeps the small copies' latency from being swamped by the big
+    copies' seconds. The latency is clamped at zero (a negative intercept means the line fits bandwidth
+    only).
+    """
+    x = np.asarray(sizes_bytes, dtype=np.float64)
+    t = np.asarray(times_s, dtype=np.float64)
+    if x.size < 2 or np.ptp(x) == 0:
+        raise ValueError("need copies of at least two different sizes to fit a line")
+    w = 1.0 / t
+    design = np.stack([np.ones_like(x), x], axis=1) * w[:, None]
+    (latency, per_byte), *_ = np.linalg.lstsq(design, t * w, rcond=None)
+    if per_byte <= 0:
+        raise ValueError("copy times do not grow with size; cannot fit a bandwidth")
+    if latency < 0:
+        per_byte = float(np.sum(x * t * w * w) / np.sum(x * x * w * w))
+        latency = 0.0
+    return float(latency), float(1.0 / per_byte / 1e9)
+
+
+def link_sharing_factor(points: Sequence[ConcurrencyPoint]) -> float:
+    """Aggregate bandwidth of the most concurrent copies over that of one copy, from the same run.
+
+    About 1.0 means concurrent copies share one link (two engines do not double the bandwidth); about N
+    means N independent links.
+    """
+    by_streams = {p.streams: p for p in points}
+    if 1 not in by_streams or len(by_streams) < 2:
+        raise ValueError("need a single-stream point and at least one concurrent point")
+    most = by_streams[max(by_streams)]
+    return most.aggregate_gbps / by_streams[1].aggregate_gbps
+
+
+def rotation_count(item_bytes: int, rotate_bytes: int) -> int:
+    """How many copies of an operand to cycle through so the set exceeds ``rotate_bytes`` (cache-cold)."""
+    if rotate_bytes <= 0 or item_bytes <= 0:
+        return 1
+    return max(1, min(MAX_ROTATION, math.ceil(rotate_bytes / item_bytes)))
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+class Stopwatch:
+    """Per-call median time of a callable on one device: CUDA events on a GPU, perf_counter on the CPU.
+
+    ``fn(i)`` is called ``inner`` times back to back between two timestamps (``i`` counts calls, for
+    rotating operands); the per-call time is the interval over ``inner``, and the result the median over
+    ``reps`` intervals after ``warmup`` untimed calls. Back-to-back calls measure what a decode loop sees:
+    the longer of the kernel time and the host's launch time.
+    """
+
+    def __init__(self, device: Any, effort: Effort) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.effort = effort
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def per_call_s(
+        self, fn: Callable[[int], Any], inner: int | None = None, reps: int | None = None
+    ) -> float:
+        inner = inner or self.effort.inner
+        reps = reps or self.effort.reps
+        calls = 0
+        for _ in range(self.effort.warmup):
+            fn(calls)
+            calls += 1
+        self.sync()
+        samples = []
+        if self.cuda:
+            events = [
+                (self.torch.cuda.Event(enable_timing=True), self.torch.cuda.Event(enable_timing=True))
+                for _ in range(reps)
+            ]
+            for start, end in events:
+                start.record()
+                for _ in range(inner):
+                    fn(calls)
+                    calls += 1
+                end.record()
+            self.sync()
+            samples = [start.elapsed_time(end) / 1e3 / inner for start, end in events]
+        else:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn(calls)
+                    calls += 1
+                samples.append((time.perf_counter() - t0) / inner)
+        return median(samples)
+
+    def wall_s(self, fn: Callable[[], Any], reps: int | None = None) -> float:
+        """Median host wall time of ``fn`` followed by a device synchronisation."""
+        samples = []
+        for i in range(self.effort.warmup + (reps or self.effort.reps)):
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            if i >= self.effort.warmup:
+                samples.append(time.perf_counter() - t0)
+        return median(samples)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def measure_copies(watch: Stopwatch, sizes: Sequence[int]) -> list[CopyPoint]:
+    """Median host-to-device copy time per size, pinned (events) and pageable (wall clock, it blocks)."""
+    return [_measure_one_copy(watch, size) for size in sorted(set(int(s) for s in sizes))]
+
+
+def _measure_one_copy(watch: Stopwatch, size: int) -> CopyPoint:
+    torch = watch.torch
+    n = size // 2
+    dst = torch.empty(n, dtype=torch.bfloat16, device=watch.device)
+    src_pageable = torch.randn(n, dtype=torch.float32).to(torch.bfloat16)
+    if not watch.cuda:
+        return CopyPoint(size, watch.per_call_s(lambda _i: dst.copy_(src_pageable), inner=1))
+    src_pinned = src_pageable.pin_memory()
+    pinned = watch.per_call_s(lambda _i: dst.copy_(src_pinned, non_blocking=True), inner=1)
+    pageable = watch.wall_s(lambda: dst.copy_(src_pageable, non_blocking=True), reps=10)
+    return CopyPoint(size, pinned, pageable)
+
+
+def measure_concurrency(watch: Stopwatch, streams: Sequence[int], size: int) -> list[ConcurrencyPoint]:
+    """Start ``n`` equal copies at once on ``n`` streams (distinct buffers) and time until the last ends."""
+    torch = watch.torch
+    n_max = max(streams)
+    n = size // 2
+    dsts = [torch.empty(n, dtype=torch.bfloat16, device=watch.device) for _ in range(n_max)]
+    srcs = [torch.randn(n).to(torch.bfloat16) for _ in range(n_max)]
+    if not watch.cuda:
+        out = []
+        for k in streams:
+            t = watch.wall_s(
+                lambda k=k: [d.copy_(s) for d, s in zip(dsts[:k], srcs[:k], strict=True)], reps=3
+            )
+            out.append(ConcurrencyPoint(k, size, t))
+        return out
+    srcs = [s.pin_memory() for s in srcs]
+    side = [torch.cuda.Stream(device=watch.device) for _ in range(n_max)]
+    main = torch.cuda.current_stream(watch.device)
+    out = []
+    for k in streams:
+        samples = []
+        for rep in range(watch.effort.warmup + watch.effort.reps):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record(main)
+            done = []
+            for j in range(k):
+                side[j].wait_event(start)
+                with torch.cuda.stream(side[j]):
+                    dsts[j].copy_(srcs[j], non_blocking=True)
+                    ev = torch.cuda.Event()
+                    ev.record(side[j])
+                    done.append(ev)
+            for ev in done:
+                main.wait_event(ev)
+            end.record(main)
+            end.synchronize()
+            if rep >= watch.effort.warmup:
+                samples.append(start.elapsed_time(end) / 1e3)
+        out.append(ConcurrencyPoint(k, size, median(samples)))
+    return out
+
+
+def measure_launch_overhead(watch: Stopwatch) -> float:
+    """Per-launch time of a trivial kernel issued back to back: the host's cost of one eager op."""
+    x = watch.torch.zeros(1, device=watch.device)
+    return watch.per_call_s(lambda _i: x.add_(1.0), inner=200, reps=max(5, watch.effort.reps // 3))
+
+
+def measure_matmul_tflops(watch: Stopwatch, n: int) -> float:
+    torch = watch.torch
+    dt = torch.bfloat16 if watch.cuda else torch.float32
+    a = torch.randn(n, n, device=watch.device).to(dt)
+    b = torch.randn(n, n, device=watch.device).to(dt)
+    t = watch.per_call_s(lambda _i: a @ b, inner=3, reps=max(3, watch.effort.reps // 5))
+    return 2.0 * n**3 / t / 1e12
+
+
+def measure_device_bandwidth(watch: Stopwatch, size: int) -> float:
+    """Device-to-device copy, counting bytes read plus bytes written, in GB/s."""
+    torch = watch.torch
+    src = torch.randn(size // 4, device=watch.device)
+    dst = torch.empty_like(src)
+    t = watch.per_call_s(lambda _i: dst.copy_(src), inner=3, reps=max(3, watch.effort.reps // 5))
+    return 2.0 * size / t / 1e9
+
+
+def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeTimings:
+    """Time every decode op of ``shape`` with ``sim.kernels``, rotating weights to stay cache-cold."""
+    import torch
+
+    from sim import kernels
+
+    dev = watch.device
+    dt = kernels.torch_dtype(shape)
+    h = shape.hidden_size
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*size: int) -> torch.Tensor:
+        return (torch.randn(*size, generator=gen, device=dev) * h**-0.5).to(dt)
+
+    def inputs(rows: int) -> torch.Tensor:
+        return rand(rows, h)
+
+    attention_s = _attention_grid(watch, shape, effort, gen)
+
+    norm_w = torch.ones(h, device=dev, dtype=dt)
+    gate = rand(shape.num_experts, h)
+    norm_s, router_s, add_s = [], [], []
+    for b in effort.batches:
+        x = inputs(b)
+        y = inputs(b)
+        norm_s.append(watch.per_call_s(lambda _i, x=x: kernels.rms_norm(x, norm_w)))
+        router_s.append(watch.per_call_s(lambda _i, x=x: kernels.router_scores(x, gate, shape.top_k)))
+        add_s.append(watch.per_call_s(lambda _i, x=x, y=y: x.add_(y)))
+
+    def ffn_curve(intermediate: int) -> list[float]:
+        elems = kernels.expert_elements(h, intermediate)
+        count = rotation_count(elems * 2, effort.rotate_bytes)
+        weights = rand(count, elems)
+        curve = []
+        for n_tok in effort.tokens:
+            x = inputs(n_tok)
+            out = torch.zeros_like(x)
+            curve.append(
+                watch.per_call_s(
+                    lambda i, x=x, out=out: kernels.expert_into(
+                        out, x, weights[i % count], h, intermediate, 0.5
+                    )
+                )
+            )
+        return curve
+
+    expert_s = ffn_curve(shape.expert_intermediate_size)
+    shared_s = ffn_curve(shape.shared_intermediate_size) if shape.num_shared_experts else []
+    dense_s = ffn_curve(shape.dense_intermediate_size) if shape.dense_layers else []
+
+    predictor_gpu_s: list[float] = []
+    predictor_cpu_s: list[float] = []
+    with torch.inference_mode():
+        pred_dev = kernels.new_predictor(shape, dev)
+        pred_cpu = kernels.new_predictor(shape, torch.device("cpu"))
+        cpu_watch = Stopwatch(
+            torch.device("cpu"), dataclasses.replace(effort, inner=max(1, effort.inner // 2))
+        )
+        for b in effort.batches:
+            x = inputs(b).to(next(pred_dev.parameters()).dtype)
+            predictor_gpu_s.append(watch.per_call_s(lambda _i, x=x: pred_dev(x)))
+            xc = x.float().cpu()
+            predictor_cpu_s.append(cpu_watch.per_call_s(lambda _i, xc=xc: pred_cpu(xc)))
+
+    return ShapeTimings(
+        shape=shape.name,
+        batches=list(effort.batches),
+        contexts=list(effort.contexts),
+        tokens=list(effort.tokens),
+        attention_s=attention_s,
+        norm_s=norm_s,
+        router_s=router_s,
+        add_s=add_s,
+        expert_s=expert_s,
+        shared_s=shared_s,
+        dense_s=dense_s,
+        predictor_gpu_s=predictor_gpu_s,
+        predictor_cpu_s=predictor_cpu_s,
+    )
+
+
+def _attention_grid(watch: Stopwatch, shape: ModelShape, effort: Effort, gen: Any) -> list[list[float]]:
+    """Attention time per (batch, context), rotating over enough layers' weights and KV caches."""
+    import torch
+
+    from sim import kernels
+
+    b_max, ctx_max = max(effort.batches), max(effort.contexts)
+    first = kernels.new_attention(shape, b_max, ctx_max, watch.device, gen)
+    item_bytes = sum(t.numel() * t.element_size() for t in (first.wqkv, first.wo, first.k_cache))
+    layers = [first] + [
+        kernels.new_attention(shape, b_max, ctx_max, watch.device, gen)
+        for _ in range(rotation_count(item_bytes, effort.rotate_bytes) - 1)
+    ]
+    grid = []
+    for b in effort.batches:
+        x = (torch.randn(b, shape.hidden_size, generator=gen, device=watch.device) * 0.1).to(first.wqkv.dtype)
+        grid.append(
+            [
+                watch.per_call_s(
+                    lambda i, x=x, ctx=ctx: kernels.attention(x, layers[i % len(layers)], shape, ctx)
+                )
+                for ctx in effort.contexts
+            ]
+        )
+    return grid
+
+
+def copy_engine_count(device: Any) -> int | None:
+    """The GPU's asynchronous copy engine count (cudaDevAttrAsyncEngineCount), or None if unreadable."""
+    if device.type != "cuda":
+        return None
+    try:
+        import cupy  # type: ignore[import-not-found]
+
+        return int(cupy.cuda.runtime.deviceGetAttribute(cupy.cuda.runtime.cudaDevAttrAsyncEngineCount, 0))
+    except Exception:
+        return None
+
+
+def _environment(device: Any) -> dict[str, str]:
+    import torch
+
+    env = {
+        "gpu": "cpu",
+        "driver": "",
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda or ""),
+        "host": f"{platform.node()} {platform.processor() or platform.machine()}",
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        try:
+            import subprocess
+
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = ""
+    return env
+
+
+def calibrate(
+    shapes: Sequence[ModelShape],
+    device: str = "auto",
+    effort: Effort | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Calibration:
+    """Run every measurement on ``device`` ("auto": cuda if available) for the given model shapes."""
+    import torch
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
+    if dev.type == "auto":
+        dev = torch.device("cpu")
+    effort = effort or Effort()
+    watch = Stopwatch(dev, effort)
+    say = progress or (lambda _msg: None)
+    copy_sizes = set(effort.copy_sizes) | {s.bytes_per_expert for s in shapes}
+    with torch.inference_mode():
+        say("launch overhead, matmul rate, device bandwidth")
+        launch = measure_launch_overhead(watch)
+        tflops = measure_matmul_tflops(watch, effort.matmul_n)
+        hbm = measure_device_bandwidth(watch, effort.bandwidth_bytes)
+        say("host-to-device copies")
+        copies = measure_copies(watch, sorted(copy_sizes))
+        say("concurrent copies")
+        concurrency = measure_concurrency(watch, effort.concurrency_streams, effort.concurrency_size_bytes)
+        timings = {}
+        for shape in shapes:
+            say(f"decode ops of {shape.name}")
+            timings[shape.name] = measure_shape(watch, shape, effort)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    env = _environment(dev)
+    return Calibration(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=dev.type,
+        copy_engines=copy_engine_count(dev),
+        launch_overhead_s=launch,
+        matmul_tflops=tflops,
+        device_bandwidth_gbps=hbm,
+        copies=copies,
+        concurrency=concurrency,
+        shapes=timings,
+        **env,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the profile
+
+
+def cpu_gflops(shape_timings: ShapeTimings, shape: ModelShape) -> float:
+    """Achieved CPU rate of the predictor MLP at its largest measured batch (its FLOPs over its time)."""
+    from sim.kernels import PREDICTOR_HIDDEN
+
+    batch = shape_timings.batches[-1]
+    flops = 2.0 * batch * (shape.hidden_size * PREDICTOR_HIDDEN + PREDICTOR_HIDDEN * shape.num_experts)
+    return flops / shape_timings.predictor_cpu_s[-1] / 1e9
+
+
+def to_profile(
+    result: Calibration, shapes: Sequence[ModelShape], name: str = "", smoke: bool = False
+) -> HardwareProfile:
+    """The simulator's HardwareProfile (sim.hardware) holding everything ``result`` measured."""
+    from sim.hardware import ComputeProfile, CopyCurve, CopyProfile, HardwareProfile, OpCurve, ProfileMeta
+
+    copies = sorted(result.copies, key=lambda p: p.size_bytes)
+    sizes = [p.size_bytes for p in copies]
+    latency_s, pinned_gbps = fit_copy_line(sizes, [p.pinned_s for p in copies])
+    pageable = [p.pageable_s for p in copies]
+    has_pageable = all(t is not None for t in pageable)
+    pageable_gbps = fit_copy_line(sizes, pageable)[1] if has_pageable else pinned_gbps
+    sharing = link_sharing_factor(result.concurrency)
+    most = max(result.concurrency, key=lambda p: p.streams)
+    engines = result.copy_engines or (
+        1 if result.device == "cpu" else max(p.streams for p in result.concurrency)
+    )
+    curves = []
+    for shape in shapes:
+        t = result.shapes[shape.name]
+        curves.append(OpCurve("attention", shape.name, t.batches, t.attention_s, t.contexts))
+        per_batch = {"norm": t.norm_s, "router": t.router_s, "add": t.add_s}
+        per_batch |= {"predictor_gpu": t.predictor_gpu_s, "predictor_cpu": t.predictor_cpu_s}
+        curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
+        per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
+        curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
+    source = (
+        "cpu smoke run (NOT a GPU measurement; numbers are meaningless)"
+        if smoke or result.device == "cpu"
+        else f"measured (moe-prefetch calibrate, {result.date[:10]})"
+    )
+    notes = (
+        f"Measured by moe-prefetch calibrate on {result.gpu} ({result.host}), "
+        f"CUDA {result.cuda_version or '-'}. "
+        "Copies: torch copy_(non_blocking=True) into device memory, median per size; pinned timed with CUDA "
+        "events, pageable with the wall clock (it blocks). "
+        f"{most.streams} concurrent copies of {most.size_bytes >> 20} MiB on separate streams moved "
+        f"{most.aggregate_gbps:.1f} GB/s together, {sharing:.2f}x one copy's rate (concurrency_factor). "
+        f"Copy engines: {'cudaDevAttrAsyncEngineCount' if result.copy_engines else 'not readable, assumed'}. "
+        "Op curves: per-call medians of sim.kernels (the live executor's own code) called back to back, "
+        "weights rotated over more than the L2 cache; launch overhead: one trivial eager kernel back to "
+        "back. "
+        "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
+        "cpu_gflops: the predictor MLP on the CPU at its largest batch."
+    )
+    return HardwareProfile(
+        meta=ProfileMeta(
+            name=name or _profile_name(result.gpu),
+            source=source,
+            gpu=result.gpu,
+            driver=result.driver,
+            torch=result.torch_version,
+            date=result.date,
+            notes=notes,
+        ),
+        copy=CopyProfile(
+            latency_s=latency_s,
+            pinned_gbps=pinned_gbps,
+            pageable_gbps=pageable_gbps,
+            engines=int(engines),
+            link_gbps=most.aggregate_gbps,
+            concurrency_factor=sharing,
+            curve=CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ()),
+        ),
+        compute=ComputeProfile(
+            launch_overhead_s=result.launch_overhead_s,
+            peak_tflops=result.matmul_tflops,
+            hbm_gbps=result.device_bandwidth_gbps,
+            cpu_gflops=max(cpu_gflops(result.shapes[s.name], s) for s in shapes) if shapes else 200.0,
+            curves=tuple(curves),
+        ),
+    )
+
+
+def _profile_name(gpu: str) -> str:
+    words = gpu.lower().replace("nvidia", "").split()
+    return "-".join(words) or "profile"
+
+
+def write_profile(
+    result: Calibration, shapes: Sequence[ModelShape], path: str, name: str = "", smoke: bool = False
+) -> None:
+    to_profile(result, shapes, name, smoke).save(path)
+
+
+def summary_text(result: Calibration) -> str:
+    """A short human-readable table of the headline numbers."""
+    copies = sorted(result.copies, key=lambda p: p.size_bytes)
+    latency_s, gbps = fit_copy_line([p.size_bytes for p in copies], [p.pinned_s for p in copies])
+    lines = [
+        f"{result.gpu} | driver {result.driver or '-'} | torch {result.torch_version} | {result.date}",
+        f"copies (pinned): {latency_s * 1e6:.1f} us + bytes / {gbps:.1f} GB/s; "
+        f"link sharing {link_sharing_factor(result.concurrency):.2f}x over "
+        f"{max(p.streams for p in result.concurrency)} streams; engines {result.copy_engines}",
+        f"launch {result.launch_overhead_s * 1e6:.1f} us | matmul {result.matmul_tflops:.0f} TFLOP/s | "
+        f"device memory {result.device_bandwidth_gbps:.0f} GB/s",
+    ]
+    for name, t in result.shapes.items():
+        lines.append(
+            f"{name}: attention {t.attention_s[0][0] * 1e6:.0f}-{t.attention_s[0][-1] * 1e6:.0f} us "
+            f"(ctx {t.contexts[0]}-{t.contexts[-1]}), expert {t.expert_s[0] * 1e6:.0f} us (1 token), "
+            f"norm {t.norm_s[0] * 1e6:.0f} us, router {t.router_s[0] * 1e6:.0f} us, "
+            f"predictor {t.predictor_gpu_s[0] * 1e6:.0f} us GPU / {t.predictor_cpu_s[0] * 1e6:.0f} us CPU"
+        )
+    return "\n".join(lines)

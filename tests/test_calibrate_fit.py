@@ -1,0 +1,89 @@
+"""Calibration's pure logic: fitting the copy line, link sharing, rotation sizes, and a CPU smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sim import calibrate as cal
+from traces.schema import ModelShape
+
+TINY = ModelShape(
+    name="tiny-deepseek",
+    architecture="deepseek_v2",
+    num_layers=3,
+    moe_layers=(1, 2),
+    num_experts=8,
+    top_k=2,
+    hidden_size=64,
+    expert_intermediate_size=32,
+    bytes_per_expert=3 * 64 * 32 * 2,
+    num_shared_experts=1,
+    shared_intermediate_size=32,
+    dense_intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+
+
+@given(
+    latency_us=st.floats(0.5, 50.0),
+    gbps=st.floats(1.0, 200.0),
+)
+def test_copy_line_recovers_latency_and_bandwidth_of_exact_data(latency_us: float, gbps: float) -> None:
+    sizes = np.array([64e3, 256e3, 1e6, 4e6, 16e6, 64e6])
+    times = latency_us * 1e-6 + sizes / (gbps * 1e9)
+    latency, fitted = cal.fit_copy_line(sizes, times)
+    assert latency == pytest.approx(latency_us * 1e-6, rel=1e-6)
+    assert fitted == pytest.approx(gbps, rel=1e-6)
+
+
+def test_copy_line_clamps_a_negative_latency_to_zero_and_refits_bandwidth() -> None:
+    sizes = np.array([1e6, 2e6, 4e6])
+    times = np.array([0.9e-4, 2.0e-4, 4.1e-4])  # intercept would be slightly negative
+    latency, gbps = cal.fit_copy_line(sizes, times)
+    assert latency == 0.0
+    assert 9.0 < gbps < 11.5
+
+
+def test_copy_line_refuses_a_single_size() -> None:
+    with pytest.raises(ValueError, match="two different sizes"):
+        cal.fit_copy_line([1e6, 1e6], [1e-4, 1.1e-4])
+
+
+def test_link_sharing_is_one_when_concurrent_copies_take_proportionally_longer() -> None:
+    points = [cal.ConcurrencyPoint(n, 64 << 20, n * 1.2e-3) for n in (1, 2, 3)]
+    assert cal.link_sharing_factor(points) == pytest.approx(1.0)
+
+
+def test_link_sharing_is_n_when_concurrent_copies_do_not_slow_down() -> None:
+    points = [cal.ConcurrencyPoint(n, 64 << 20, 1.2e-3) for n in (1, 3)]
+    assert cal.link_sharing_factor(points) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("item", "budget", "expected"),
+    [(1 << 20, 256 << 20, 64), (100 << 20, 256 << 20, 3), (1 << 30, 256 << 20, 1), (1 << 20, 0, 1)],
+)
+def test_rotation_count_covers_the_budget_within_bounds(item: int, budget: int, expected: int) -> None:
+    assert cal.rotation_count(item, budget) == expected
+
+
+def test_smoke_calibration_on_cpu_measures_every_curve_and_round_trips() -> None:
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    timings = result.shapes[TINY.name]
+    effort = cal.Effort.smoke()
+    assert len(timings.attention_s) == len(effort.batches)
+    assert all(len(row) == len(effort.contexts) for row in timings.attention_s)
+    for curve in (timings.expert_s, timings.shared_s, timings.dense_s):
+        assert len(curve) == len(effort.tokens)
+    assert all(t > 0 for t in timings.expert_s + timings.norm_s + timings.predictor_cpu_s)
+    assert {p.size_bytes for p in result.copies} >= {TINY.bytes_per_expert}
+    assert result.device == "cpu" and result.launch_overhead_s > 0
+    again = cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
