@@ -33,6 +33,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.set_defaults(handler=_info)
 
+    importer = actions.add_parser(
+        "import",
+        help="convert routing logs recorded by others (JSON lines, .xz/.gz) into a trace",
+        description="Convert JSON-lines routing logs (vLLM or transformers hooks) into trace format v1. "
+        "Layouts: 'flat' rows {dataset, problem_id, layer, token_idx, experts, gating_probs} (one sequence "
+        "per problem) and 'typed' rows {type: meta|route, req_id, token_idx, layer, topk_ids, topk_weights} "
+        "(one sequence per request and forward pass). Several files are merged by (sequence, token, layer), "
+        "e.g. per-layer logs of one run; the trace holds the layers that were logged. Malformed rows and "
+        "tokens missing a logged layer are dropped and counted in the printed summary.",
+    )
+    importer.add_argument("logs", nargs="+", metavar="LOG", help="JSON-lines log(s), optionally .xz/.gz/.bz2")
+    importer.add_argument("--out", required=True, metavar="TRACE", help="trace Parquet file to write")
+    importer.add_argument("--layout", choices=("auto", "flat", "typed"), default="auto", help="row layout")
+    importer.add_argument(
+        "--num-experts", type=int, metavar="E", help="routed experts (default: model, meta line, or inferred)"
+    )
+    importer.add_argument("--top-k", type=int, metavar="K", help="experts per token (default: inferred)")
+    importer.add_argument(
+        "--drop-warmup",
+        default="auto",
+        metavar="auto|N",
+        help="drop engine warm-up: 'auto' drops a leading run of identically routed rows (at least 16) per "
+        "file and layer; N drops the first N rows per file and layer (0 keeps everything)",
+    )
+    importer.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="model shape: a known name (e.g. mixtral-8x7b, qwen1.5-moe-a2.7b) or a config.json path; "
+        "fills the sizes the simulator needs (default: matched from the log's model_id when known)",
+    )
+    importer.add_argument("--model-name", metavar="NAME", help="name recorded in the trace metadata")
+    importer.set_defaults(handler=_import)
+
     validate = actions.add_parser(
         "validate",
         help="check a trace file against format v1; exit 0 if valid, 2 otherwise",
@@ -48,6 +81,55 @@ def _validate(args: argparse.Namespace) -> int:
         trace = read_trace(path)
         print(f"{path}: ok ({trace.num_tokens} tokens x {trace.num_layers} MoE layers)")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from traces.fileio import InputError
+    from traces.importer import ImportOptions, import_logs
+    from traces.shapes import resolve_shape
+    from traces.trace import write_trace
+
+    drop = args.drop_warmup
+    if drop != "auto":
+        if not drop.isdigit():
+            raise InputError(drop, "--drop-warmup must be 'auto' or a non-negative row count")
+        drop = int(drop)
+    for name in ("num_experts", "top_k"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(value, f"--{name.replace('_', '-')} must be a positive integer")
+    options = ImportOptions(
+        layout=args.layout,
+        num_experts=args.num_experts,
+        top_k=args.top_k,
+        drop_warmup=drop,
+        model=resolve_shape(args.model) if args.model else None,
+        model_name=args.model_name,
+        command=_import_command(args),
+    )
+    trace, report = import_logs(args.logs, options)
+    write_trace(trace, args.out)
+    for line in report.lines():
+        print(line)
+    print(
+        f"wrote {args.out}: {trace.num_tokens:,} tokens x {trace.num_layers} layers "
+        f"{list(trace.metadata.model.moe_layers)} in {len(trace.seq_starts) - 1:,} sequences, "
+        f"E={trace.num_experts}, k={trace.top_k}"
+    )
+    return 0
+
+
+def _import_command(args: argparse.Namespace) -> str:
+    """The ``trace import`` command line that reproduces this import (recorded in the provenance)."""
+    import shlex
+
+    words = ["moe-prefetch", "trace", "import", *args.logs, "--out", args.out, "--layout", args.layout]
+    words += ["--drop-warmup", str(args.drop_warmup)]
+    for flag in ("num_experts", "top_k", "model", "model_name"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag.replace('_', '-')}", str(value)]
+    return shlex.join(words)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -135,6 +217,8 @@ def _format_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
             nested = _format_metrics(value, prefix=f"{name}.")
             if nested:
                 parts.append(nested)
+        elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            parts.append(f"{name}=[{len(value)} records]")
         elif isinstance(value, float):
             parts.append(f"{name}={value:.4g}")
         else:
