@@ -77,13 +77,14 @@ class CacheTooSmall(ValueError):
 class Entry:
     """One present expert. ``request`` is the transfer that loads it until the clock reports it finished."""
 
-    __slots__ = ("arrived", "key", "pin_until", "prefetched_unused", "request", "slot")
+    __slots__ = ("arrived", "counted", "key", "pin_until", "prefetched_unused", "request", "slot")
 
     def __init__(self, key: int, slot: int) -> None:
         self.key = key
         self.slot = slot
         self.arrived = False
         self.pin_until = -1
+        self.counted = False  # pin_until is booked in its partition's far_pins
         self.prefetched_unused = False
         self.request: object | None = None
 
@@ -91,7 +92,7 @@ class Entry:
 class _Partition:
     """A slot pool with its own eviction rule: the whole cache, or one layer's budget."""
 
-    __slots__ = ("base", "capacity", "free", "future_pins", "next_slot", "reserve", "rule", "size")
+    __slots__ = ("base", "capacity", "far_pins", "free", "next_slot", "reserve", "rule", "size")
 
     def __init__(self, base: int, capacity: int | None, reserve: int, rule: EvictionRule) -> None:
         self.base = base
@@ -101,7 +102,8 @@ class _Partition:
         self.size = 0
         self.free: list[int] = list(range(base + capacity - 1, base - 1, -1)) if capacity else []
         self.next_slot = base
-        self.future_pins: dict[int, int] = {}  # pin target position -> entries pinned until it
+        # pin target -> entries pinned until it, for pins beyond the partition's next router when taken
+        self.far_pins: dict[int, int] = {}
 
     def take_free_slot(self) -> int | None:
         if self.free:
@@ -216,6 +218,10 @@ class ExpertCache:
     def is_pinned(self, key: int) -> bool:
         return self.entries[key].pin_until > self.released_through
 
+    def _pinned_test(self) -> Callable[[int], bool]:
+        entries, released = self.entries, self.released_through
+        return lambda key: entries[key].pin_until > released
+
     def occupancy(self) -> int:
         return len(self.entries)
 
@@ -240,12 +246,12 @@ class ExpertCache:
         if prefetch and part.capacity is not None:
             next_router = self._next_router(layer)
             if pin_until > next_router:
-                later = sum(n for target, n in part.future_pins.items() if target > next_router)
+                later = sum(n for target, n in part.far_pins.items() if target > next_router)
                 if later + 1 > part.capacity - part.reserve:
                     return None
         slot = part.take_free_slot()
         if slot is None:
-            victim = part.rule.victim(self.is_pinned)
+            victim = part.rule.victim(self._pinned_test())
             if victim is None:
                 if prefetch:
                     return None
@@ -256,7 +262,7 @@ class ExpertCache:
         self.entries[key] = entry
         part.size += 1
         part.rule.insert(key, self.current_pos)
-        self._pin(entry, part, pin_until)
+        self._pin(entry, part, pin_until, layer)
         if len(self.entries) > self.peak_slots:
             self.peak_slots = len(self.entries)
         return entry
@@ -264,28 +270,32 @@ class ExpertCache:
     def use(self, entry: Entry, pos: int) -> None:
         """A layer uses ``entry`` at ``pos`` (it stays pinned until that layer ends)."""
         entry.prefetched_unused = False
-        part = self.partitions[self._partition_of_layer[entry.key // self.num_experts]]
-        part.rule.touch(entry.key, pos)
-        self._pin(entry, part, pos)
+        self.partitions[self._partition_of_layer[entry.key // self.num_experts]].rule.touch(entry.key, pos)
+        if pos > entry.pin_until:  # a pin until the router just run is never beyond the next router
+            if entry.counted:
+                self._uncount(entry)
+            entry.pin_until = pos
 
     def protect(self, entry: Entry, pin_until: int) -> None:
         """Keep a present entry until ``pin_until`` (a prefetch named an expert that is already present)."""
-        part = self.partitions[self._partition_of_layer[entry.key // self.num_experts]]
-        self._pin(entry, part, pin_until)
+        if pin_until > entry.pin_until:
+            layer = entry.key // self.num_experts
+            self._pin(entry, self.partitions[self._partition_of_layer[layer]], pin_until, layer)
 
     def unpin_if_only(self, entry: Entry, pos: int) -> None:
         """Drop the pin of ``entry`` if it was held only for ``pos`` (a prefetch its layer did not need)."""
         if entry.pin_until == pos:
-            part = self.partitions[self._partition_of_layer[entry.key // self.num_experts]]
-            self._move_pin(part, pos, -1)
+            if entry.counted:
+                self._uncount(entry)
             entry.pin_until = -1
 
     def release_through(self, pos: int) -> None:
         """Layer end: pins held until ``pos`` or earlier are over; no-cache mode drops unpinned entries."""
         self.released_through = pos
         for part in self.partitions:
-            for target in [t for t in part.future_pins if t <= pos]:
-                del part.future_pins[target]
+            if part.far_pins:
+                for target in [t for t in part.far_pins if t <= pos]:
+                    del part.far_pins[target]
         if self.no_cache:
             part = self.partitions[0]
             dropped = [key for key, entry in self.entries.items() if entry.pin_until <= pos]
@@ -309,20 +319,31 @@ class ExpertCache:
             return following
         return following + (layer - following) % self.num_layers
 
-    def _pin(self, entry: Entry, part: _Partition, pin_until: int) -> None:
-        if pin_until > entry.pin_until:
-            old = entry.pin_until if entry.pin_until > self.released_through else -1
-            self._move_pin(part, old, pin_until)
-            entry.pin_until = pin_until
+    def _pin(self, entry: Entry, part: _Partition, pin_until: int, layer: int) -> None:
+        """Raise ``entry``'s pin to ``pin_until``; book it if it reaches beyond the next router."""
+        if pin_until <= entry.pin_until:
+            return
+        if entry.counted:
+            self._uncount(entry)
+        entry.pin_until = pin_until
+        if (
+            part.capacity is not None
+            and pin_until > self.routed_through + 1
+            and pin_until > self._next_router(layer)
+        ):
+            part.far_pins[pin_until] = part.far_pins.get(pin_until, 0) + 1
+            entry.counted = True
 
-    def _move_pin(self, part: _Partition, old: int, new: int) -> None:
-        pins = part.future_pins
-        if old > self.released_through and old in pins:
-            pins[old] -= 1
-            if not pins[old]:
-                del pins[old]
-        if new > self.released_through:
-            pins[new] = pins.get(new, 0) + 1
+    def _uncount(self, entry: Entry) -> None:
+        entry.counted = False
+        if entry.pin_until <= self.released_through:
+            return  # its booking was dropped when the pin ended
+        part = self.partitions[self._partition_of_layer[entry.key // self.num_experts]]
+        left = part.far_pins[entry.pin_until] - 1
+        if left:
+            part.far_pins[entry.pin_until] = left
+        else:
+            del part.far_pins[entry.pin_until]
 
     def _evict(self, key: int, part: _Partition) -> int:
         """Remove ``key``; returns its slot (not put on the free list)."""

@@ -1,0 +1,130 @@
+"""Run configuration: everything a simulation depends on, hashable and serialisable.
+
+``RunConfig.key()`` is a stable hash of the canonical JSON of the configuration; sweeps key results by it.
+The trace enters by its content fingerprint (``trace_fingerprint``), so renaming a file changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sim.cache import CacheConfig
+from sim.hardware import HardwareProfile
+from sim.policies import PolicySpec
+from sim.workload import BatchingOptions
+from traces.schema import ModelShape
+from traces.trace import Trace
+
+HOST_MEMORY = ("pinned", "pageable")
+PREDICTOR_DEVICES = ("gpu", "cpu")
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Knobs of one simulated run besides trace, shape, hardware, cache and policy.
+
+    - ``batch_size``, ``prompt_tokens``, ``prefill_chunk``: how trace tokens form steps (sim.workload);
+    - ``host_memory``: where experts live on the host, "pinned" or "pageable";
+    - ``predictor_device``: where the paper's predictor MLP runs, "gpu" (side stream) or "cpu";
+    - ``predictor_s``: fixed prediction time overriding the profile (None: from the profile);
+    - ``compute_scale``: multiplies every compute op (a faster or slower GPU); copies are unchanged;
+    - ``step_overhead_s``: per-step time outside the decoder layers (embedding, LM head, sampling);
+    - ``warmup_steps``: leading steps left out of the latency summary (the cache starts empty);
+    - ``timeline_steps``: record compute and copy intervals of the first N steps (0: none), at most
+      ``max_timeline_intervals`` of them.
+    """
+
+    batch_size: int = 1
+    prompt_tokens: int = 0
+    prefill_chunk: int = 256
+    host_memory: str = "pinned"
+    predictor_device: str = "gpu"
+    predictor_s: float | None = None
+    compute_scale: float = 1.0
+    step_overhead_s: float = 0.0
+    warmup_steps: int = 0
+    timeline_steps: int = 0
+    max_timeline_intervals: int = 100_000
+
+    def __post_init__(self) -> None:
+        self.batching()  # validates batch_size, prompt_tokens, prefill_chunk
+        if self.host_memory not in HOST_MEMORY:
+            raise ValueError(f"host_memory must be one of {', '.join(HOST_MEMORY)}, got '{self.host_memory}'")
+        if self.predictor_device not in PREDICTOR_DEVICES:
+            raise ValueError(f"predictor_device must be gpu or cpu, got '{self.predictor_device}'")
+        if self.predictor_s is not None and self.predictor_s < 0:
+            raise ValueError(f"predictor_s must be >= 0, got {self.predictor_s}")
+        if self.compute_scale <= 0:
+            raise ValueError(f"compute_scale must be > 0, got {self.compute_scale}")
+        if self.step_overhead_s < 0 or self.warmup_steps < 0 or self.timeline_steps < 0:
+            raise ValueError("step_overhead_s, warmup_steps and timeline_steps must be >= 0")
+
+    def batching(self) -> BatchingOptions:
+        return BatchingOptions(self.batch_size, self.prompt_tokens, self.prefill_chunk)
+
+    @property
+    def pinned(self) -> bool:
+        return self.host_memory == "pinned"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One simulation's complete configuration. ``trace`` is the trace's content fingerprint."""
+
+    trace: str
+    shape: ModelShape
+    hardware: HardwareProfile
+    cache: CacheConfig
+    policy: PolicySpec
+    options: SimOptions = SimOptions()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trace": self.trace,
+            "shape": dataclasses.asdict(self.shape),
+            "hardware": self.hardware.to_dict(),
+            "cache": dataclasses.asdict(self.cache),
+            "policy": self.policy.to_dict(),
+            "options": dataclasses.asdict(self.options),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the configuration."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RunConfig:
+        return cls(
+            trace=doc["trace"],
+            shape=ModelShape(**doc["shape"]),
+            hardware=HardwareProfile.from_dict(doc["hardware"]),
+            cache=CacheConfig(**doc["cache"]),
+            policy=PolicySpec(**doc["policy"]),
+            options=SimOptions(**doc["options"]),
+        )
+
+
+def trace_fingerprint(trace: Trace) -> str:
+    """Hash of everything in a trace that a simulation can read (routing, predictions, metadata)."""
+    digest = hashlib.sha256()
+    digest.update(trace.metadata.to_json().encode())
+    arrays = [trace.seq_id, trace.pos, trace.experts]
+    for name in sorted(trace.predictions):
+        digest.update(name.encode())
+        arrays.append(trace.predictions[name])
+        if name in trace.confidences:
+            arrays.append(trace.confidences[name])
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(str(contiguous.dtype).encode() + str(contiguous.shape).encode())
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()[:16]
