@@ -54,6 +54,8 @@ LAYOUTS = ("auto", "flat", "typed")
 #: A leading run of identically routed rows at least this long counts as engine warm-up.
 MIN_WARMUP_RUN = 16
 
+_INT = {int}  # exact types: JSON true/false decode to bool, which is not a number here
+_NUMBER = {int, float}
 _FLAT_FIELDS = {"problem_id": "problem id", "layer": "layer", "token_idx": "token index"}
 _TYPED_FIELDS = {"req_id": "request id", "layer": "layer", "token_idx": "token index"}
 
@@ -232,9 +234,9 @@ def _parse_row(
     if not _is_int(layer) or not 0 <= layer < 2**15:
         return "layer is not a small non-negative integer"
     experts, weights = doc[ids_name], doc[weights_name]
-    if not isinstance(experts, list) or not all(_is_int(e) for e in experts) or not experts:
+    if not isinstance(experts, list) or not experts or not set(map(type, experts)) <= _INT:
         return f"'{ids_name}' is not a non-empty list of integers"
-    if not isinstance(weights, list) or not all(_is_number(w) for w in weights):
+    if not isinstance(weights, list) or not set(map(type, weights)) <= _NUMBER:
         return f"'{weights_name}' is not a list of numbers"
     if len(weights) != len(experts):
         return f"'{weights_name}' and '{ids_name}' differ in length"
@@ -249,10 +251,6 @@ def _parse_row(
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _lines(path: Path, progress: bool) -> Iterator[tuple[int, str]]:
