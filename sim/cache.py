@@ -243,7 +243,7 @@ class ExpertCache:
         """
         layer = key // self.num_experts
         part = self.partitions[self._partition_of_layer[layer]]
-        if prefetch and part.capacity is not None:
+        if prefetch and pin_until > self.routed_through + 1 and part.capacity is not None:
             next_router = self._next_router(layer)
             if pin_until > next_router:
                 later = sum(n for target, n in part.far_pins.items() if target > next_router)
@@ -266,6 +266,24 @@ class ExpertCache:
         if len(self.entries) > self.peak_slots:
             self.peak_slots = len(self.entries)
         return entry
+
+    def route(self, layer: int, experts: Sequence[int], pos: int) -> list[Entry | None]:
+        """The router of ``layer`` at ``pos`` needs ``experts``: use (and pin) every present one; None
+        marks an absent one. Present ones are pinned before any demand load can evict them."""
+        base = layer * self.num_experts
+        get = self.entries.get
+        touch = self.partitions[self._partition_of_layer[layer]].rule.touch
+        found = [get(base + e) for e in experts]
+        for entry in found:
+            if entry is not None:
+                entry.prefetched_unused = False
+                touch(entry.key, pos)
+                if pos > entry.pin_until:
+                    if entry.counted:
+                        self._uncount(entry)
+                    entry.pin_until = pos
+        self.routed_through = pos
+        return found
 
     def use(self, entry: Entry, pos: int) -> None:
         """A layer uses ``entry`` at ``pos`` (it stays pinned until that layer ends)."""

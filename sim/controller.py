@@ -51,7 +51,7 @@ class FetchRequest:
 
     __slots__ = ("demand", "expert", "key", "layer", "priority", "seq", "slot", "target")
 
-    def __init__(
+    def __init__(  # the controller calls it positionally, as below
         self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
     ) -> None:
         self.seq = seq
@@ -130,8 +130,12 @@ class DecodeController:
         policy: Policy,
         cache_config: CacheConfig,
         estimates: TimingEstimates | None = None,
+        request_type: type[FetchRequest] = FetchRequest,
     ) -> None:
+        """``request_type``: the class of the requests this controller creates; a clock may pass a
+        subclass of FetchRequest that carries its own per-transfer state (the simulator's link does)."""
         self.workload = workload
+        self._request_type = request_type
         self.policy = policy
         self.num_layers = workload.num_layers
         self.num_experts = workload.num_experts
@@ -191,36 +195,40 @@ class DecodeController:
         cache = self.cache
         needed = step.needed[j]
         decision = RouterDecision(j, needed, step.tokens_per_expert[j])
-        for entry in self._prefetched_for.pop(pos, ()):
-            cache.unpin_if_only(entry, pos)
-        base = j * self.num_experts
-        entries = [cache.entries.get(base + e) for e in needed]
-        status = decision.status
-        for entry in entries:  # pin everything present first, so demand loads cannot evict it
+        prefetched = self._prefetched_for.pop(pos, None)
+        if prefetched:
+            for entry in prefetched:
+                cache.unpin_if_only(entry, pos)
+        found = cache.route(j, needed, pos)
+        status, slots, late = decision.status, decision.slots, decision.late
+        n_miss = 0
+        for entry in found:
             if entry is None:
                 status.append(MISS)
-                continue
-            cache.use(entry, pos)
-            if entry.arrived:
-                status.append(HIT)
+                slots.append(-1)
+                n_miss += 1
             else:
-                status.append(LATE)
-                decision.late.append(entry.request)
-        cache.routed(pos)
+                slots.append(entry.slot)
+                if entry.arrived:
+                    status.append(HIT)
+                else:
+                    status.append(LATE)
+                    late.append(entry.request)
+        if n_miss:
+            base = j * self.num_experts
+            new_request = self._request_type
+            for i, entry in enumerate(found):
+                if entry is None:
+                    e = needed[i]
+                    entry = cache.allocate(base + e, pos, prefetch=False)
+                    cache.use(entry, pos)
+                    request = new_request(self._seq, base + e, j, e, entry.slot, DEMAND, True, pos)
+                    self._seq += 1
+                    entry.request = request
+                    decision.demands.append(request)
+                    slots[i] = entry.slot
         counters = self.counters
-        slots = decision.slots
-        for i, e in enumerate(needed):
-            entry = entries[i]
-            if entry is None:
-                entry = cache.allocate(base + e, pos, prefetch=False)
-                cache.use(entry, pos)
-                request = FetchRequest(self._seq, base + e, j, e, entry.slot, DEMAND, True, pos)
-                self._seq += 1
-                entry.request = request
-                decision.demands.append(request)
-            slots.append(entry.slot)
-        n_miss = len(decision.demands)
-        n_late = len(decision.late)
+        n_late = len(late)
         counters.misses[j] += n_miss
         counters.late[j] += n_late
         counters.hits[j] += len(needed) - n_miss - n_late
@@ -262,15 +270,23 @@ class DecodeController:
         cache = self.cache
         counters = self.counters
         s = self.step.index
+        new_request = self._request_type
+        get = cache.entries.get
         for layer, experts, priority in actions:
             target = (s if layer >= self.layer else s + 1) * self.num_layers + layer
             base = layer * self.num_experts
             pinned = self._prefetched_for.setdefault(target, [])
+            prefetch_priority = max(priority, PREFETCH)
+            near = target <= cache.routed_through + 1  # pinned until the next router: no booking
             for e in experts:
                 key = base + e
-                entry = cache.entries.get(key)
+                entry = get(key)
                 if entry is not None:
-                    cache.protect(entry, target)
+                    if target > entry.pin_until:
+                        if near and not entry.counted:
+                            entry.pin_until = target
+                        else:
+                            cache.protect(entry, target)
                     counters.prefetches_present += 1
                     pinned.append(entry)
                     continue
@@ -278,9 +294,7 @@ class DecodeController:
                 if entry is None:
                     counters.prefetches_dropped += 1
                     continue
-                request = FetchRequest(
-                    self._seq, key, layer, e, entry.slot, max(priority, PREFETCH), False, target
-                )
+                request = new_request(self._seq, key, layer, e, entry.slot, prefetch_priority, False, target)
                 self._seq += 1
                 entry.request = request
                 pinned.append(entry)

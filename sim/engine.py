@@ -11,7 +11,9 @@ Timing model of one MoE decoder layer, on one compute stream (dense layers run s
                                            ^ router event: demand loads issued, experts launched
 
 - Each controller event is delivered at the later of its physical time and the previous delivery (the
-  host handles events in order; a slow predictor thus delays its layer's router decision).
+  host handles events in order; a slow predictor thus delays its layer's router decision). Landed
+  copies are reported to the controller right before each router event (the only decision that reads
+  them: hit versus late) and at the end.
 - The MoE block starts when the router event is delivered: shared experts and resident routed experts
   first, then the others in the order their copies land; each starts at max(previous end, landing).
   Its end is computed from the copies' landing times in one go: SimPy sees a handful of events per
@@ -143,19 +145,20 @@ class _Run:
             finished = self.controller.transfer_finished
             timeline = self.timeline
             for transfer in completed:
-                request = transfer.request
-                finished(request)
+                finished(transfer)
                 if timeline.on:
                     kind = (
-                        "demand" if request.demand else ("prefetch" if transfer.priority else "late prefetch")
+                        "demand"
+                        if transfer.demand
+                        else ("prefetch" if transfer.priority else "late prefetch")
                     )
                     timeline.add(
                         f"copy{transfer.engine}",
                         kind,
                         transfer.start_s,
                         transfer.end_s,
-                        request.layer,
-                        request.expert,
+                        transfer.layer,
+                        transfer.expert,
                     )
             completed.clear()
 
@@ -173,7 +176,6 @@ class _Run:
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
         submit, advance, flush = link.submit, link.advance, self.flush
-        pending = link.pending
         stall = self.stall
         expert_s = costs.expert_s
         timeout = env.timeout
@@ -186,10 +188,8 @@ class _Run:
                 timeline.on = False
             step_start = t_c
             t_h = max(t_h, t_c)
-            advance(t_h)
-            flush()
             for r in controller.begin_step(s):
-                submit(r, r.seq, r.priority, r.slot, t_h)
+                submit(r, t_h)
             step = controller.step
             n_tok = step.num_tokens
             norm = costs.norm_s(n_tok)
@@ -211,10 +211,8 @@ class _Run:
                 t_ls = t_c + norm
                 if t_ls > t_h:
                     t_h = t_ls
-                advance(t_h)
-                flush()
                 for r in controller.layer_start(j):
-                    submit(r, r.seq, r.priority, r.slot, t_h)
+                    submit(r, t_h)
                 t_router = t_ls + before_router
                 if timeline.on:
                     timeline.add("compute", "norm", t_c, t_ls, j)
@@ -226,31 +224,30 @@ class _Run:
                         timeline.add("predictor", "predict", t_ls, t_p, j)
                     if t_p > t_h:
                         t_h = t_p
-                    advance(t_h)
-                    flush()
                     for r in controller.prediction_ready(j):
-                        submit(r, r.seq, r.priority, r.slot, t_h)
+                        submit(r, t_h)
                 # router: hits, late prefetches (promoted to demand), misses (demand loads)
                 if t_router > t_h:
                     t_h = t_router
-                advance(t_h)
-                flush()
+                advance(t_h)  # learn which copies landed before the router: hit versus late
+                if link.completed:
+                    flush()
                 decision = controller.router(j)
                 t_block = t_h
-                late = [pending[r.seq] for r in decision.late]
+                late = decision.late
                 for transfer in late:
                     link.promote(transfer, DEMAND)
-                demands = [submit(r, r.seq, r.priority, r.slot, t_h) for r in decision.demands]
+                demands = decision.demands
+                for r in demands:
+                    submit(r, t_h)
                 for r in decision.prefetches:
-                    submit(r, r.seq, r.priority, r.slot, t_h)
+                    submit(r, t_h)
                 if cross_layer and j + 1 < num_moe:
                     t_p = t_router + gate_s
                     if t_p > t_h:
                         t_h = t_p
-                    advance(t_h)
-                    flush()
                     for r in controller.prediction_ready(j + 1):
-                        submit(r, r.seq, r.priority, r.slot, t_h)
+                        submit(r, t_h)
                 # the MoE block: shared and resident experts first, then the others as their copies land
                 status, tokens = decision.status, decision.tokens
                 t = t_block + shared
@@ -295,10 +292,8 @@ class _Run:
                 if t_h > env.now:
                     yield timeout(t_h - env.now)
                     events += 1
-                advance(t_h)
-                flush()
                 for r in controller.layer_end(j):
-                    submit(r, r.seq, r.priority, r.slot, t_h)
+                    submit(r, t_h)
                 j += 1
             controller.end_step()
             t_c += self.step_overhead_s

@@ -22,30 +22,28 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from sim.controller import FetchRequest
+
 QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)
 
 
-class Transfer:
-    """One copy on the link. ``start_s``: it got an engine; ``end_s``: its bytes landed."""
+class Transfer(FetchRequest):
+    """A FetchRequest with the link's state (the controller creates these when the simulator asks it
+    to, so a request *is* its transfer). ``start_s``: it got an engine; ``end_s``: its bytes landed."""
 
-    __slots__ = (
-        "blocked",
-        "end_s",
-        "engine",
-        "finish_v",
-        "priority",
-        "request",
-        "seq",
-        "setup_end",
-        "start_s",
-        "state",
-        "waits_for",
-    )
+    __slots__ = ("blocked", "end_s", "engine", "finish_v", "setup_end", "start_s", "state", "waits_for")
 
-    def __init__(self, request: object, seq: int, priority: int) -> None:
-        self.request = request
-        self.seq = seq
+    def __init__(
+        self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
+    ) -> None:
+        self.seq = seq  # FetchRequest's fields, set here directly (this runs once per copy)
+        self.key = key
+        self.layer = layer
+        self.expert = expert
+        self.slot = slot
         self.priority = priority
+        self.demand = demand
+        self.target = target
         self.state = QUEUED
         self.blocked: list[Transfer] = []
         self.waits_for: Transfer | None = None
@@ -78,30 +76,31 @@ class Link:
         self._free = list(range(engines - 1, -1, -1))
         self._last_in_slot: dict[int, Transfer] = {}
         self.completed: list[Transfer] = []  # landed, not yet collected by the engine
-        self.pending: dict[int, Transfer] = {}  # seq -> copies not landed yet
+        self.pending = 0  # copies submitted and not landed yet
         self.busy_s = 0.0  # time with at least one copy moving bytes
-        self.bytes_moved = 0.0
+        self.submitted = 0
 
     # -- submissions
 
-    def submit(self, request: object, seq: int, priority: int, slot: int, at_s: float) -> Transfer:
-        """Queue a copy into ``slot`` at time ``at_s`` (not before the last submission or advance)."""
+    def submit(self, transfer: Transfer, at_s: float) -> None:
+        """Queue a copy at time ``at_s`` (not before the last submission or advance)."""
         if at_s > self.now:
             self.advance(at_s)
-        transfer = Transfer(request, seq, priority)
-        self.pending[seq] = transfer
+        self.pending += 1
+        self.submitted += 1
+        slot = transfer.slot
         previous = self._last_in_slot.get(slot)
         self._last_in_slot[slot] = transfer
         if previous is not None and previous.state != DONE:
             transfer.state = BLOCKED
             transfer.waits_for = previous
             previous.blocked.append(transfer)
-            if priority < previous.priority:
-                self.promote(previous, priority)
-            return transfer
-        heapq.heappush(self._queue, (priority, seq, transfer))
-        self._dispatch()
-        return transfer
+            if transfer.priority < previous.priority:
+                self.promote(previous, transfer.priority)
+            return
+        heapq.heappush(self._queue, (transfer.priority, transfer.seq, transfer))
+        if self._free:
+            self._dispatch()
 
     def promote(self, transfer: Transfer, priority: int = 0) -> None:
         """Make a waiting copy at least as urgent as ``priority`` (a late prefetch became a demand)."""
@@ -121,80 +120,87 @@ class Link:
                 continue  # stale entry (promoted or already started)
             transfer.state = SETUP
             transfer.engine = free.pop()
-            transfer.start_s = self.now
-            transfer.setup_end = self.now + self.latency_s
+            transfer.start_s = now = self.now
+            transfer.setup_end = now + self.latency_s
             self._setup.append(transfer)
 
     # -- time
 
-    def advance(self, t: float) -> None:
-        """Run the link until time ``t``; landed copies are appended to ``completed``."""
+    def advance(self, t: float, until: Transfer | None = None) -> None:
+        """Run the link until time ``t``, or until copy ``until`` has landed if that comes first; landed
+        copies are appended to ``completed``. One loop, no calls per event: this is the hot path."""
         setup, wire = self._setup, self._wire
         if not setup and not wire:  # idle link: nothing happens until the next submission
-            if t > self.now:
+            if t > self.now and until is None:
                 self.now = t
             return
+        now, virtual, busy = self.now, self.virtual, self.busy_s
+        rates, inf = self._rates, float("inf")
         while True:
             n_wire = len(wire)
-            next_setup = setup[0].setup_end if setup else float("inf")
+            next_setup = setup[0].setup_end if setup else inf
             if n_wire:
-                rate = self._rates[n_wire]
-                next_done = self.now + (wire[0].finish_v - self.virtual) / rate
+                rate = rates[n_wire]
+                next_done = now + (wire[0].finish_v - virtual) / rate
             else:
-                next_done = float("inf")
+                next_done = inf
             t_next = next_setup if next_setup < next_done else next_done
-            if t_next > t:
-                if n_wire and t > self.now:
-                    self.virtual += rate * (t - self.now)
-                    self.busy_s += t - self.now
-                if t > self.now:
-                    self.now = t
-                return
-            if n_wire and t_next > self.now:
-                self.virtual += rate * (t_next - self.now)
-                self.busy_s += t_next - self.now
-            if t_next > self.now:
-                self.now = t_next
+            if t_next > t or t_next == inf:
+                if t > now and t != inf:
+                    if n_wire:
+                        virtual += rate * (t - now)
+                        busy += t - now
+                    now = t
+                break
+            if t_next > now:
+                if n_wire:
+                    virtual += rate * (t_next - now)
+                    busy += t_next - now
+                now = t_next
             if next_done <= next_setup:
-                self._complete(wire.popleft())
+                transfer = wire.popleft()
+                transfer.state = DONE
+                transfer.end_s = now
+                self.pending -= 1
+                self._free.append(transfer.engine)
+                self.completed.append(transfer)
+                if transfer.blocked:
+                    self._unblock(transfer)
+                if self._queue:
+                    self.now = now
+                    self._dispatch()
+                if transfer is until:
+                    break
             else:
                 transfer = setup.popleft()
                 transfer.state = WIRE
-                transfer.finish_v = self.virtual + self.size_bytes
+                transfer.finish_v = virtual + self.size_bytes
                 wire.append(transfer)
+        self.now, self.virtual, self.busy_s = now, virtual, busy
 
     def finish_time(self, transfer: Transfer) -> float:
         """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
         before that time)."""
-        while transfer.state != DONE:
-            if not self._setup and not self._wire:
+        if transfer.state != DONE:
+            self.advance(float("inf"), until=transfer)
+            if transfer.state != DONE:
                 raise RuntimeError(f"copy #{transfer.seq} can never start (state {transfer.state})")
-            nxt = self._next_event_time()
-            self.advance(nxt)
         return transfer.end_s
 
     def drain(self) -> None:
         """Run until every submitted copy has landed."""
-        while self.pending:
-            self.advance(self._next_event_time())
+        self.advance(float("inf"))
+        if self.pending:
+            raise RuntimeError(f"{self.pending} copies can never land")
 
-    def _next_event_time(self) -> float:
-        next_setup = self._setup[0].setup_end if self._setup else float("inf")
-        if self._wire:
-            rate = self._rates[len(self._wire)]
-            return min(next_setup, self.now + (self._wire[0].finish_v - self.virtual) / rate)
-        return next_setup
+    @property
+    def bytes_moved(self) -> float:
+        """Bytes of every landed copy."""
+        return (self.submitted - self.pending) * self.size_bytes
 
-    def _complete(self, transfer: Transfer) -> None:
-        transfer.state = DONE
-        transfer.end_s = self.now
-        del self.pending[transfer.seq]
-        self.bytes_moved += self.size_bytes
-        self._free.append(transfer.engine)
-        self.completed.append(transfer)
+    def _unblock(self, transfer: Transfer) -> None:
         for waiting in transfer.blocked:
             waiting.state = QUEUED
             waiting.waits_for = None
             heapq.heappush(self._queue, (waiting.priority, waiting.seq, waiting))
         transfer.blocked = []
-        self._dispatch()

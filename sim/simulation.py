@@ -18,7 +18,7 @@ from sim.controller import DecodeController
 from sim.costs import CostModel
 from sim.engine import run_engine
 from sim.hardware import HardwareProfile
-from sim.link import Link
+from sim.link import Link, Transfer
 from sim.policies import LAYER_START, ROUTER, Policy, PolicySpec, TimingEstimates, make_policy
 from sim.results import SimResult
 from sim.workload import Workload
@@ -80,7 +80,9 @@ def simulate(
     policy_obj = make_policy(policy, trace.top_k)
     workload = Workload(trace, options.batching(), policy_obj.sources)
     costs = CostModel(shape, hardware, options.compute_scale)
-    controller = DecodeController(workload, policy_obj, cache, timing_estimates(policy_obj, costs, options))
+    controller = DecodeController(
+        workload, policy_obj, cache, timing_estimates(policy_obj, costs, options), request_type=Transfer
+    )
     copy = hardware.copy
     size = shape.bytes_per_expert
     link = Link(
