@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "info",
         help="summarise a trace: size, model, provenance, predictors, popularity skew, reuse",
         description="Print what a trace holds and where it came from, with routing statistics: expert "
-        "popularity skew per layer (share of the busiest 10%% of experts, Gini), previous-token overlap "
+        "popularity skew per layer (share of the busiest 10% of experts, Gini), previous-token overlap "
         "and reuse distance quantiles (tokens since the same layer last used the expert).",
     )
     info.add_argument("files", nargs="+", metavar="FILE", help="trace Parquet file(s)")
@@ -47,15 +47,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("--out", required=True, metavar="TRACE", help="trace Parquet file to write")
     importer.add_argument("--layout", choices=("auto", "flat", "typed"), default="auto", help="row layout")
     importer.add_argument(
-        "--num-experts", type=int, metavar="E", help="routed experts (default: model, meta line, or inferred)"
+        "--num-experts",
+        type=int,
+        metavar="E",
+        help="routed experts (default: the log's meta line, else --model, else the largest id + 1)",
     )
-    importer.add_argument("--top-k", type=int, metavar="K", help="experts per token (default: inferred)")
+    importer.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="experts per token "
+        "(default: the log's meta line, else --model, else the most common list length)",
+    )
     importer.add_argument(
         "--drop-warmup",
         default="auto",
         metavar="auto|N",
-        help="drop engine warm-up: 'auto' drops a leading run of identically routed rows (at least 16) per "
-        "file and layer; N drops the first N rows per file and layer (0 keeps everything)",
+        help="drop engine warm-up: 'auto' drops the leading runs of identically routed rows (each at "
+        "least 16 long, one per dummy pass) per file and layer; N drops the first N rows per file and "
+        "layer (0 keeps everything)",
     )
     importer.add_argument(
         "--model",
