@@ -150,11 +150,42 @@ def to_table(trace: Trace) -> pa.Table:
     return table.replace_schema_metadata({METADATA_KEY: trace.metadata.to_json().encode()})
 
 
-def write_trace(trace: Trace, path: str | os.PathLike[str], compression: str = "zstd") -> None:
-    """Write ``trace`` as a v1 Parquet file, atomically."""
+def write_trace(
+    trace: Trace, path: str | os.PathLike[str], compression: str = "zstd", compact: bool = False
+) -> None:
+    """Write ``trace`` as a v1 Parquet file, atomically.
+
+    ``compact=True`` is for traces that ship inside the repository: router weights and confidences are
+    rounded to bfloat16 precision (8 significant bits; the column types stay float32/float16, so every
+    reader works unchanged), float columns use byte-stream-split encoding and zstd runs at level 19.
+    """
+    if compact:
+        trace = _rounded_to_bf16(trace)
     table = to_table(trace)
+    options: dict[str, object] = {"compression": compression, "use_dictionary": False}
+    if compact:
+        floats = [n for n in table.column_names if n in ("weights", "logits") or n.startswith(CONF_PREFIX)]
+        options["use_byte_stream_split"] = [
+            f"{n}.list.{leaf}" for n in floats for leaf in ("element", "item")
+        ]
+        options["compression_level"] = 19 if compression == "zstd" else None
     with atomic_write(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp, compression=compression, use_dictionary=False)
+        pq.write_table(table, tmp, **options)
+
+
+def _bf16_round(values: np.ndarray) -> np.ndarray:
+    """float32 copy of ``values`` rounded to the nearest bfloat16 (ties to even)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
+
+def _rounded_to_bf16(trace: Trace) -> Trace:
+    return dataclasses.replace(
+        trace,
+        weights=_bf16_round(trace.weights),
+        confidences={k: _bf16_round(v).astype(np.float16) for k, v in trace.confidences.items()},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reading

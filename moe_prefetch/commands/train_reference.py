@@ -1,0 +1,56 @@
+"""``moe-prefetch train-reference``: train one of the project's reference MoE models from scratch.
+
+Recipes mirror the routing geometry of public models at small scale (see traces/refmodels.py):
+deepseek-v2-lite-like (first layer dense, 64 experts top-6 + 2 shared), qwen3-30b-a3b-like (128 experts
+top-8) and phi-mini-moe-like (16 experts top-2). Training runs for a wall-clock budget on the corpus's
+train split; the checkpoint directory gets the weights plus moe_prefetch_recipe.json (sizes, tokens seen,
+minutes, seed, validation loss against a unigram baseline, router balance per layer), which the collector
+copies into every trace's provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from traces.refmodels import RECIPES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-reference",
+        help="train a reference MoE model from scratch on a corpus bundle (GPU)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    parser.add_argument(
+        "--corpus", required=True, type=Path, metavar="BUNDLE", help="corpus bundle (.tar.xz)"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="checkpoint directory to write"
+    )
+    parser.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget (default: 4)")
+    parser.add_argument("--max-steps", type=int, help="fixed number of steps instead of the time budget")
+    parser.add_argument("--eval-tokens", type=int, default=131072, help="validation tokens (default: 131072)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--smoke", action="store_true", help="tiny widths for a CPU check of the pipeline")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from traces.collect import resolve_device
+    from traces.corpus import CorpusBundle
+    from traces.refmodels import evaluate, save, train
+
+    device = str(resolve_device(args.device))
+    bundle = CorpusBundle(args.corpus)
+    recipe = RECIPES[args.recipe]
+    result = train(recipe, bundle, device, args.minutes, smoke=args.smoke, max_steps=args.max_steps)
+    seq_len = result.report["seq_len"]
+    quality = evaluate(result.model, bundle, device, args.eval_tokens, seq_len=seq_len)
+    save(result, quality, args.out)
+    summary = {k: v for k, v in quality.items() if k != "router_balance"}
+    print(json.dumps({"checkpoint": str(args.out), **summary, "tokens_seen": result.report["tokens_seen"]}))
+    return 0
