@@ -1,0 +1,288 @@
+"""Properties of the simulated decode (issue 3's correctness list) on random small traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.cache import CacheConfig
+from sim.config import SimOptions
+from sim.controller import DecodeController, run_decisions
+from sim.costs import CostModel
+from sim.policies import PolicySpec, make_policy
+from sim.simulation import simulate
+from sim.testing import tiny_hardware, tiny_shape, tiny_trace
+from sim.workload import Workload
+
+POLICIES = ("on-demand", "pre-attention", "pre-attention:m=4", "cross-layer", "previous-token", "oracle")
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict:
+    """A random small model, trace, host and cache."""
+    experts = draw(st.integers(4, 10))
+    k = draw(st.integers(1, min(3, experts - 1)))
+    shape = tiny_shape(
+        num_moe_layers=draw(st.integers(1, 4)),
+        num_experts=experts,
+        top_k=k,
+        num_shared_experts=draw(st.sampled_from([0, 1])),
+        dense_first=draw(st.booleans()),
+    )
+    trace = tiny_trace(
+        shape,
+        num_sequences=draw(st.integers(1, 3)),
+        tokens_per_sequence=draw(st.integers(2, 12)),
+        seed=draw(st.integers(0, 10_000)),
+        accuracy=draw(st.floats(0.0, 1.0)),
+    )
+    batch = draw(st.integers(1, 3))
+    total = shape.num_moe_layers * experts
+    slots = draw(st.one_of(st.just(0), st.integers(min(batch * k, experts), total)))
+    hardware = tiny_hardware(
+        engines=draw(st.integers(1, 3)),
+        gbps=draw(st.sampled_from([0.3, 1.0, 5.0])),
+        link_gbps=draw(st.sampled_from([None, 2.0])),
+    )
+    eviction = draw(st.sampled_from(["lru", "lfu", "fifo", "belady"]))
+    return {
+        "trace": trace,
+        "shape": shape,
+        "hardware": hardware,
+        "cache": CacheConfig(slots=slots, eviction=eviction),
+        "options": SimOptions(batch_size=batch),
+    }
+
+
+def run(scenario: dict, policy: str, **changes) -> object:
+    args = {**scenario, **changes}
+    return simulate(
+        args["trace"],
+        args["shape"],
+        args["hardware"],
+        args["cache"],
+        PolicySpec.parse(policy),
+        args["options"],
+    )
+
+
+@SETTINGS
+@given(scenarios())
+def test_latency_is_never_below_compute_only(scenario: dict) -> None:
+    compute_only = run(scenario, "resident").step_latency_s
+    for policy in POLICIES:
+        result = run(scenario, policy)
+        assert np.all(result.step_latency_s >= compute_only * (1 - 1e-12)), policy
+
+
+@SETTINGS
+@given(scenarios())
+def test_bytes_moved_equal_transfers_times_expert_size(scenario: dict) -> None:
+    for policy in POLICIES:
+        result = run(scenario, policy)
+        transfers = result.counters["demand_loads"] + result.counters["prefetches_issued"]
+        assert result.counters["transfers"] == transfers
+        assert result.bytes_moved == transfers * scenario["shape"].bytes_per_expert
+
+
+def peak_occupancy(scenario: dict, policy: str) -> tuple[int, int]:
+    """(most entries ever present, slots of the cache) over a clockless replay."""
+    spec = PolicySpec.parse(policy)
+    policy_obj = make_policy(spec, scenario["trace"].top_k)
+    workload = Workload(scenario["trace"], scenario["options"].batching(), policy_obj.sources)
+    controller = DecodeController(workload, policy_obj, scenario["cache"])
+    cache = controller.cache
+    allocate = cache.allocate
+    peak = 0
+
+    def counting_allocate(*args: object, **kwargs: object) -> object:
+        nonlocal peak
+        entry = allocate(*args, **kwargs)
+        peak = max(peak, cache.occupancy())
+        return entry
+
+    cache.allocate = counting_allocate
+    run_decisions(controller)
+    assert sum(part.size for part in cache.partitions) == cache.occupancy()
+    return peak, cache.num_slots
+
+
+@SETTINGS
+@given(scenarios())
+def test_cache_occupancy_never_exceeds_its_slots(scenario: dict) -> None:
+    if scenario["cache"].slots == 0:
+        return  # no cache: staging slots only, sized by what is in flight
+    for policy in POLICIES:
+        peak, slots = peak_occupancy(scenario, policy)
+        assert peak <= slots <= scenario["cache"].slots, policy
+
+
+@SETTINGS
+@given(scenarios())
+def test_resident_latency_equals_compute_only_closed_form(scenario: dict) -> None:
+    result = run(scenario, "resident")
+    shape, options = scenario["shape"], scenario["options"]
+    costs = CostModel(shape, scenario["hardware"])
+    workload = Workload(scenario["trace"], options.batching())
+    expected = []
+    for s in range(workload.num_steps):
+        step = workload.step(s)
+        n = step.num_tokens
+        total = 0.0
+        for d in range(shape.num_layers):
+            total += (
+                costs.norm_s(n) + costs.attention_s(n, step.context_total) + costs.add_s(n) + costs.norm_s(n)
+            )
+            if d in shape.moe_layers:
+                j = shape.moe_layers.index(d)
+                total += costs.router_s(n) + costs.shared_s(n)
+                total += sum(costs.expert_s(c) for c in step.tokens_per_expert[j])
+            else:
+                total += costs.dense_s(n)
+            total += costs.add_s(n)
+        expected.append(total)
+    np.testing.assert_allclose(result.step_latency_s, expected, rtol=1e-9)
+    assert result.counters["transfers"] == 0
+    assert result.stall_s.sum() == pytest.approx(0.0, abs=1e-12)
+
+
+@SETTINGS
+@given(scenarios())
+def test_on_demand_without_cache_is_compute_plus_demand_transfers(scenario: dict) -> None:
+    """One copy engine, no cache: a layer's k demand copies start at the router back to back, each
+    expert runs as soon as its copy landed and the previous expert finished."""
+    hardware = tiny_hardware(engines=1, gbps=0.5)
+    scenario = {**scenario, "hardware": hardware, "cache": CacheConfig(slots=0), "options": SimOptions()}
+    result = run(scenario, "on-demand")
+    shape = scenario["shape"]
+    costs = CostModel(shape, hardware)
+    copy_s = hardware.copy.transfer_s(shape.bytes_per_expert)
+    workload = Workload(scenario["trace"])
+    expected = []
+    for s in range(workload.num_steps):
+        step = workload.step(s)
+        t = 0.0
+        for d in range(shape.num_layers):
+            t += costs.norm_s(1) + costs.attention_s(1, step.context_total) + costs.add_s(1) + costs.norm_s(1)
+            if d not in shape.moe_layers:
+                t += costs.dense_s(1) + costs.add_s(1)
+                continue
+            t += costs.router_s(1)
+            router = t
+            t += costs.shared_s(1)
+            for i in range(shape.top_k):
+                t = max(t, router + (i + 1) * copy_s) + costs.expert_s(1)
+            t += costs.add_s(1)
+        expected.append(t)
+    np.testing.assert_allclose(result.step_latency_s, expected, rtol=1e-9)
+    assert result.misses.sum() == workload.num_steps * shape.num_moe_layers * shape.top_k
+
+
+@SETTINGS
+@given(scenarios())
+def test_oracle_is_never_slower_than_a_policy_with_the_same_issue_point(scenario: dict) -> None:
+    """Without a cache (nothing outlives its layer) the oracle fetches exactly what is needed at the
+    earliest moment its issue point allows, so no policy issuing at that point can beat it."""
+    options = SimOptions(batch_size=scenario["options"].batch_size, predictor_s=0.0)
+    scenario = {**scenario, "cache": CacheConfig(slots=0), "options": options}
+    oracle = run(scenario, "oracle").total_s
+    for policy in ("on-demand", "pre-attention", "pre-attention:m=4", "previous-token"):
+        assert oracle <= run(scenario, policy).total_s * (1 + 1e-12), policy
+    oracle_router = run(scenario, "oracle:point=router").total_s
+    assert oracle_router <= run(scenario, "cross-layer").total_s * (1 + 1e-12)
+
+
+@SETTINGS
+@given(scenarios())
+def test_belady_hit_rate_is_never_below_lru(scenario: dict) -> None:
+    cache = scenario["cache"]
+    if cache.slots == 0:
+        cache = CacheConfig(slots=scenario["shape"].num_experts)
+    lru = run(scenario, "on-demand", cache=CacheConfig(slots=cache.slots, eviction="lru"))
+    belady = run(scenario, "on-demand", cache=CacheConfig(slots=cache.slots, eviction="belady"))
+    assert belady.hits.sum() >= lru.hits.sum()
+
+
+@SETTINGS
+@given(scenarios())
+def test_clock_takes_the_same_decisions_as_the_clockless_replay(scenario: dict) -> None:
+    """Misses, evictions, waste and transfers do not depend on timing (the live executor relies on it)."""
+    for policy in POLICIES:
+        result = run(scenario, policy)
+        spec = PolicySpec.parse(policy)
+        policy_obj = make_policy(spec, scenario["trace"].top_k)
+        workload = Workload(scenario["trace"], scenario["options"].batching(), policy_obj.sources)
+        counters = run_decisions(DecodeController(workload, policy_obj, scenario["cache"]))
+        assert result.misses.tolist() == counters.misses, policy
+        present = [hit + late for hit, late in zip(counters.hits, counters.late, strict=True)]
+        assert (result.hits + result.late).tolist() == present
+        assert result.counters["evictions"] == counters.evictions
+        assert result.counters["wasted"] == counters.wasted
+        assert result.counters["transfers"] == counters.transfers
+
+
+@SETTINGS
+@given(scenarios())
+def test_reruns_are_bit_identical(scenario: dict) -> None:
+    for policy in ("pre-attention:m=4", "cross-layer"):
+        first, second = run(scenario, policy), run(scenario, policy)
+        assert first.summary_row() == second.summary_row()
+        assert first.token_latency_s.tobytes() == second.token_latency_s.tobytes()
+        assert first.stall_s.tobytes() == second.stall_s.tobytes()
+
+
+def test_prefetching_correct_experts_hides_copies_behind_attention() -> None:
+    shape = tiny_shape(num_moe_layers=3)
+    trace = tiny_trace(shape, accuracy=1.0)
+    hardware = tiny_hardware(engines=2, gbps=2.0)
+    cache = CacheConfig(slots=6)
+    on_demand = simulate(trace, shape, hardware, cache, PolicySpec("on-demand"))
+    prefetch = simulate(trace, shape, hardware, cache, PolicySpec("pre-attention"))
+    resident = simulate(trace, shape, hardware, cache, PolicySpec("resident"))
+    assert resident.total_s <= prefetch.total_s < on_demand.total_s
+    assert prefetch.stall_s.sum() < on_demand.stall_s.sum()
+    assert prefetch.misses.sum() == 0 < on_demand.misses.sum()
+
+
+def test_slow_predictor_delays_the_router_decision() -> None:
+    shape = tiny_shape()
+    trace = tiny_trace(shape, accuracy=1.0)
+    hardware = tiny_hardware()
+    fast = simulate(
+        trace, shape, hardware, CacheConfig(slots=0), PolicySpec("pre-attention"), SimOptions(predictor_s=0.0)
+    )
+    slow = simulate(
+        trace,
+        shape,
+        hardware,
+        CacheConfig(slots=0),
+        PolicySpec("pre-attention"),
+        SimOptions(predictor_s=1e-3),
+    )
+    steps = len(fast.step_latency_s)
+    assert slow.total_s >= fast.total_s + 0.9e-3 * steps * shape.num_moe_layers
+
+
+def test_timeline_records_compute_and_copies_of_the_first_steps() -> None:
+    shape = tiny_shape()
+    trace = tiny_trace(shape)
+    result = simulate(
+        trace,
+        shape,
+        tiny_hardware(),
+        CacheConfig(slots=6),
+        PolicySpec("pre-attention"),
+        SimOptions(timeline_steps=2),
+    )
+    lanes = {interval[0] for interval in result.timeline}
+    kinds = {interval[1] for interval in result.timeline}
+    assert "compute" in lanes and any(lane.startswith("copy") for lane in lanes)
+    assert {"attention", "expert"} <= kinds
+    assert all(end > start for _, _, start, end, _, _ in result.timeline)
+    assert (
+        max(end for _, kind, _, end, _, _ in result.timeline if kind == "expert")
+        <= result.step_latency_s[:2].sum() + 1e-12
+    )
