@@ -212,6 +212,13 @@ def test_known_model_id_fills_the_shape_and_checks_consistency(tmp_path):
         import_logs([tmp_path / "o.jsonl"], ImportOptions(model=KNOWN_SHAPES["mixtral-8x7b"]))
 
 
+def test_meta_lines_that_disagree_are_an_input_error(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [META, route(0, 0, [1, 2])])
+    b = write_jsonl(tmp_path / "b.jsonl", [dict(META, top_k=4), route(0, 1, [1, 2, 3, 4])])
+    with pytest.raises(InputError, match=r"a.jsonl, b.jsonl: meta lines disagree on top_k: \[2, 4\]"):
+        import_logs([a, b], ImportOptions())
+
+
 def test_unknown_layout_is_a_one_line_input_error(tmp_path):
     log = write_jsonl(tmp_path / "x.jsonl", [{"tokens": [1, 2]}])
     with pytest.raises(InputError, match="line 1: cannot tell the row layout") as info:

@@ -146,7 +146,7 @@ def import_logs(
     if not merged.pos:
         raise InputError(paths[0], "no routing rows left to import")
     metas = [rows.meta for rows in per_file if rows.meta]
-    top_k = _decide_top_k(paths[0], merged, options, metas, report)
+    top_k = _decide_top_k(merged, options, metas, report)
     merged = _drop_wrong_length(merged, top_k, report)
     num_experts = _decide_num_experts(paths[0], merged, options, metas, report)
     merged = _drop_bad_ids(merged, num_experts, report)
@@ -332,13 +332,10 @@ def _merge(per_file: list[_Rows]) -> _Rows:
     return merged
 
 
-def _decide_top_k(
-    path: str | os.PathLike[str], rows: _Rows, options: ImportOptions, metas: list[dict], report: ImportReport
-) -> int:
-    lengths = Counter(len(e) for e in rows.experts)
+def _decide_top_k(rows: _Rows, options: ImportOptions, metas: list[dict], report: ImportReport) -> int:
     if options.top_k is not None:
         return options.top_k
-    meta_k = {m["top_k"] for m in metas if _is_int(m.get("top_k"))}
+    meta_k = _meta_value(metas, "top_k", report)
     if len(meta_k) == 1:
         k = meta_k.pop()
         report.decisions.append(f"k={k} from the log's meta line")
@@ -346,9 +343,17 @@ def _decide_top_k(
     if options.model is not None:
         report.decisions.append(f"k={options.model.top_k} from the model shape")
         return options.model.top_k
-    k, _ = lengths.most_common(1)[0]
+    k, _ = Counter(len(e) for e in rows.experts).most_common(1)[0]
     report.decisions.append(f"k={k} inferred: the most common list length (pass --top-k to set it)")
     return k
+
+
+def _meta_value(metas: list[dict], name: str, report: ImportReport) -> set[int]:
+    """The values the log files' meta lines give for ``name``; they must agree."""
+    values = {m[name] for m in metas if _is_int(m.get(name))}
+    if len(values) > 1:
+        raise InputError(", ".join(report.files), f"meta lines disagree on {name}: {sorted(values)}")
+    return values
 
 
 def _drop_wrong_length(rows: _Rows, top_k: int, report: ImportReport) -> _Rows:
@@ -364,7 +369,7 @@ def _decide_num_experts(
 ) -> int:
     if options.num_experts is not None:
         return options.num_experts
-    meta_e = {m["num_experts"] for m in metas if _is_int(m.get("num_experts"))}
+    meta_e = _meta_value(metas, "num_experts", report)
     if len(meta_e) == 1:
         e = meta_e.pop()
         report.decisions.append(f"E={e} from the log's meta line")
