@@ -283,7 +283,9 @@ class _Run:
                         work += c
                 t += add
                 work += add
-                stall[j] += (t - t_router) - work
+                idle = (t - t_router) - work
+                if idle > 0.0:  # (a float sum of the same ops can land a hair below zero)
+                    stall[j] += idle
                 busy += before_router + norm + work
                 t_c = t
                 # layer end: its experts may now be evicted

@@ -1,0 +1,76 @@
+"""``moe-prefetch simulate`` end to end: the table, result files, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moe_prefetch.cli import main
+from sim.results import read_results
+from sim.testing import tiny_shape, tiny_trace
+from traces.trace import write_trace
+
+
+@pytest.fixture(scope="module")
+def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sim") / "trace.parquet"
+    write_trace(tiny_trace(tiny_shape(), tokens_per_sequence=16), path)
+    return path
+
+
+def test_simulate_prints_one_row_per_policy_and_writes_results(
+    trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.parquet"
+    code = main(
+        [
+            "simulate",
+            str(trace_file),
+            "--hardware",
+            "a100-pcie-gen4",
+            "--policy",
+            "on-demand,pre-attention:m=3,resident",
+            "--cache-slots",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "synthetic" in lines[0] and "datasheet" in lines[0]
+    rows = [line.split()[0] for line in lines[3:6]]
+    assert rows == ["on-demand", "pre-attention:m=3", "resident"]
+    assert [r.config.policy.label() for r in read_results(out)] == rows
+
+
+def test_simulate_on_another_shape_maps_the_routing(
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(trace_file), "--shape", "olmoe-1b-7b", "--policy", "oracle"]) == 0
+    captured = capsys.readouterr()
+    assert "OLMoE" in captured.out and "retargeted" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policy", "clairvoyant"], "unknown policy"),
+        (["--cache-slots", "1"], "cannot hold"),
+        (["--hardware", "missing.toml"], "missing.toml: no such file"),
+        (["--policy", "pre-attention:source=nothing"], "'nothing' is not in the trace"),
+        (["--batch-size", "0"], "batch_size must be >= 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    trace_file: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(trace_file), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_trace_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", str(tmp_path / "none.parquet")]) == 2
+    assert "none.parquet: no such file" in capsys.readouterr().err

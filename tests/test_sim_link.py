@@ -1,0 +1,79 @@
+"""The PCIe link model: shared bandwidth, demand before prefetch, no pre-emption, slot order."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.link import Link, Transfer
+
+SIZE = 1_000_000
+
+
+def transfer(seq: int, priority: int = 1, slot: int | None = None) -> Transfer:
+    return Transfer(seq, seq, 0, seq, seq if slot is None else slot, priority, priority == 0, 0)
+
+
+def link(engines: int = 2, latency_s: float = 1e-6, capacity_gbps: float = 1.0) -> Link:
+    # one copy alone: 1 us setup + 1 ms on the wire at 1 GB/s
+    return Link(engines, latency_s, latency_s + SIZE / 1e9, SIZE, capacity_gbps * 1e9)
+
+
+def test_one_copy_takes_setup_plus_bytes_over_bandwidth() -> None:
+    lk = link()
+    t = transfer(0)
+    lk.submit(t, 0.0)
+    assert lk.finish_time(t) == pytest.approx(1e-6 + 1e-3)
+
+
+def test_concurrent_copies_share_the_link_instead_of_each_getting_full_bandwidth() -> None:
+    lk = link(engines=2, capacity_gbps=1.0)
+    a, b = transfer(0), transfer(1)
+    lk.submit(a, 0.0)
+    lk.submit(b, 0.0)
+    assert lk.finish_time(a) == pytest.approx(1e-6 + 2e-3)
+    assert lk.finish_time(b) == pytest.approx(1e-6 + 2e-3)
+
+
+def test_a_faster_link_lets_two_engines_run_at_full_rate() -> None:
+    lk = link(engines=2, capacity_gbps=2.0)
+    a, b = transfer(0), transfer(1)
+    lk.submit(a, 0.0)
+    lk.submit(b, 0.0)
+    assert lk.finish_time(b) == pytest.approx(1e-6 + 1e-3)
+
+
+def test_demand_loads_overtake_queued_prefetches_but_not_running_ones() -> None:
+    lk = link(engines=1)
+    running, queued, demand = transfer(0), transfer(1), transfer(2, priority=0)
+    for t in (running, queued, demand):
+        lk.submit(t, 0.0)
+    assert lk.finish_time(running) == pytest.approx(1.001e-3)
+    assert lk.finish_time(demand) == pytest.approx(2 * 1.001e-3)
+    assert lk.finish_time(queued) == pytest.approx(3 * 1.001e-3)
+
+
+def test_promoted_prefetch_moves_ahead_of_other_prefetches() -> None:
+    lk = link(engines=1)
+    first, second, third = transfer(0), transfer(1), transfer(2)
+    for t in (first, second, third):
+        lk.submit(t, 0.0)
+    lk.promote(third, 0)
+    assert lk.finish_time(third) < lk.finish_time(second)
+
+
+def test_a_copy_into_a_busy_slot_waits_for_the_previous_copy() -> None:
+    lk = link(engines=2, capacity_gbps=2.0)
+    old, new = transfer(0, slot=7), transfer(1, priority=0, slot=7)
+    lk.submit(old, 0.0)
+    lk.submit(new, 0.0)
+    assert lk.finish_time(new) == pytest.approx(2 * 1.001e-3)  # it could not start on the free engine
+
+
+def test_drain_lands_everything_and_counts_bytes() -> None:
+    lk = link(engines=3)
+    copies = [transfer(i) for i in range(5)]
+    for t in copies:
+        lk.submit(t, 0.0)
+    lk.drain()
+    assert lk.pending == 0 and lk.bytes_moved == 5 * SIZE
+    assert sorted(t.end_s for t in copies) == [t.end_s for t in copies]
