@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,40 +70,39 @@ class RankTiers:
         return asdict(self)
 
 
-def true_ranks(topk: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """Every expert's rank in the router's ordering, int16 [N, E] (0 = best).
+def true_ranks(topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Every expert's rank in the router's ordering, int16 [N, E] (0 = best), on the inputs' device.
 
-    The top-k keep the router's order exactly (``topk`` is in router order); the other experts follow by
-    their logits [N, E] (ties to the lower id). Without logits use ``true_ranks_from_topk``.
+    The top-k keep the router's order exactly (``topk`` [N, k] is in router order); the other experts
+    follow by their ``logits`` [N, E] (ties to the lower id). Without logits use ``true_ranks_from_topk``.
     """
     n, k = topk.shape
-    keys = logits.astype(np.float64)
-    keys = np.where(np.isfinite(keys), keys, -np.inf)
-    rows = np.arange(n)[:, None]
-    keys[rows, topk] = np.inf  # top-k first ...
-    order = np.argsort(-keys, axis=1, kind="stable")
+    topk = topk.long()
+    keys = torch.nan_to_num(logits.float(), nan=-torch.inf)
+    keys.scatter_(1, topk, torch.inf)  # top-k first ...
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices
     order[:, :k] = topk  # ... in router order
-    ranks = np.empty(order.shape, dtype=np.int16)
-    ranks[rows, order] = np.arange(order.shape[1], dtype=np.int16)[None, :]
-    return ranks
+    positions = torch.arange(order.shape[1], device=order.device, dtype=torch.int16).expand(n, -1)
+    return torch.empty(order.shape, dtype=torch.int16, device=order.device).scatter_(1, order, positions)
 
 
-def true_ranks_from_topk(topk: np.ndarray, num_experts: int) -> np.ndarray:
+def true_ranks_from_topk(topk: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Ranks known only for the top-k (router order); every other expert gets ``UNKNOWN_RANK``."""
     n, k = topk.shape
-    ranks = np.full((n, num_experts), UNKNOWN_RANK, dtype=np.int16)
-    ranks[np.arange(n)[:, None], topk] = np.arange(k, dtype=np.int16)[None, :]
-    return ranks
+    ranks = torch.full((n, num_experts), UNKNOWN_RANK, dtype=torch.int16, device=topk.device)
+    positions = torch.arange(k, device=topk.device, dtype=torch.int16).expand(n, -1)
+    return ranks.scatter_(1, topk.long(), positions)
 
 
-def top_order(ranks: np.ndarray, count: int) -> np.ndarray:
-    """The experts at true ranks 0..count-1, int64 [N, count]; -1 where that rank is unknown."""
+def top_order(ranks: torch.Tensor, count: int) -> torch.Tensor:
+    """The experts at true ranks 0..count-1, int16 [N, count]; -1 where that rank is unknown."""
     n = ranks.shape[0]
-    order = np.full((n, count), -1, dtype=np.int64)
-    known = ranks < count
-    rows, experts = np.nonzero(known)
-    order[rows, ranks[rows, experts].astype(np.int64)] = experts
-    return order
+    order = torch.full((n, count + 1), -1, dtype=torch.int16, device=ranks.device)
+    experts = torch.arange(ranks.shape[1], device=ranks.device, dtype=torch.int16).expand(n, -1)
+    # ranks >= count (and unknown ones) all land in the spare last column, which is dropped
+    slot = ranks.long().clamp(max=count)
+    order.scatter_(1, slot, experts)
+    return order[:, :count]
 
 
 def ranking_aware_loss(
@@ -130,6 +128,7 @@ def ranking_aware_loss(
     )
     if tiers.hinge_weight == 0 or hinge_order.shape[-1] < 2:
         return bce
+    hinge_order = hinge_order.long()
     valid = hinge_order >= 0
     top_scores = torch.gather(scores, -1, hinge_order.clamp(min=0))
     # pair (i, j) with i ranked above j: hinge on s_i - s_j

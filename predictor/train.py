@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -70,12 +69,15 @@ def prepare_data(view: ActivationView, tiers: RankTiers, device: torch.device) -
     num_experts = view.model.num_experts
     xs, ranks, orders = [], [], []
     for layer in view.moe_layers:
-        topk = view.topk(layer)
+        topk = torch.from_numpy(view.topk(layer)).to(device)
         logits = view.logits(layer)
-        rank = true_ranks(topk, logits) if logits is not None else true_ranks_from_topk(topk, num_experts)
+        if logits is not None:
+            rank = true_ranks(topk, torch.from_numpy(logits).to(device))
+        else:
+            rank = true_ranks_from_topk(topk, num_experts)
         xs.append(torch.from_numpy(view.load(layer_name(layer, "preattn"))).to(device, input_dtype(device)))
-        ranks.append(torch.from_numpy(rank).to(device))
-        orders.append(torch.from_numpy(top_order(rank, tiers.hinge_top).astype(np.int16)).to(device))
+        ranks.append(rank)
+        orders.append(top_order(rank, tiers.hinge_top))
     return StackedData(torch.stack(xs), torch.stack(ranks), torch.stack(orders))
 
 
@@ -130,7 +132,7 @@ def validate(
         with _autocast(data.x.device):
             scores = net(data.x[:, rows]).float()
         ranks = data.ranks[:, rows].long()
-        loss = ranking_aware_loss(scores, ranks, data.hinge_order[:, rows].long(), top_k, tiers)
+        loss = ranking_aware_loss(scores, ranks, data.hinge_order[:, rows], top_k, tiers)
         picked = scores.topk(top_k, dim=-1).indices
         exact = (torch.gather(ranks, -1, picked) < top_k).all(dim=-1).float()
         width = ranks.shape[1]
@@ -182,7 +184,7 @@ def train_stacked(
             with _autocast(device):
                 scores = net(train.x[:, index])
             loss = ranking_aware_loss(
-                scores, train.ranks[:, index], train.hinge_order[:, index].long(), top_k, tiers
+                scores, train.ranks[:, index], train.hinge_order[:, index], top_k, tiers
             )
             optimizer.zero_grad(set_to_none=True)
             (loss * active).sum().backward()

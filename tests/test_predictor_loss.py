@@ -23,9 +23,9 @@ def softplus(x: float) -> float:
 
 
 def loss_of(scores: list[float], ranks: list[int], top_k: int, tiers: RankTiers) -> float:
-    ranks_np = np.array([ranks], dtype=np.int16)
-    order = torch.from_numpy(top_order(ranks_np, tiers.hinge_top))
-    return ranking_aware_loss(torch.tensor([scores]), torch.from_numpy(ranks_np), order, top_k, tiers).item()
+    ranks_t = torch.tensor([ranks], dtype=torch.int16)
+    order = top_order(ranks_t, tiers.hinge_top)
+    return ranking_aware_loss(torch.tensor([scores]), ranks_t, order, top_k, tiers).item()
 
 
 def test_relative_tiers_equal_the_papers_at_its_deepseek_shape_and_scale_elsewhere() -> None:
@@ -65,14 +65,15 @@ def test_hinge_sums_over_all_ordered_pairs_of_the_top_group() -> None:
 
 
 def test_true_ranks_keep_router_order_for_the_top_k_and_logits_after_it() -> None:
-    topk = np.array([[2, 0]])
-    logits = np.array([[0.1, 0.5, 0.3, 0.5]], dtype=np.float32)  # 1 and 3 tie: lower id first
+    topk = torch.tensor([[2, 0]])
+    logits = torch.tensor([[0.1, 0.5, 0.3, 0.5]])  # 1 and 3 tie: lower id first
     assert true_ranks(topk, logits).tolist() == [[1, 2, 0, 3]]
     assert top_order(true_ranks(topk, logits), 3).tolist() == [[2, 0, 1]]
+    assert top_order(true_ranks(topk, logits), 4).tolist() == [[2, 0, 1, 3]]
 
 
 def test_ranks_unknown_without_logits_get_the_lowest_weight_and_no_pairs() -> None:
-    ranks = true_ranks_from_topk(np.array([[3, 1]]), 4)
+    ranks = true_ranks_from_topk(torch.tensor([[3, 1]]), 4)
     assert ranks.tolist() == [[UNKNOWN_RANK, 1, UNKNOWN_RANK, 0]]
     assert top_order(ranks, 3).tolist() == [[3, 1, -1]]
     tiers = RankTiers(tier1=3, tier2=3, hinge_top=3)
@@ -84,16 +85,16 @@ def test_ranks_unknown_without_logits_get_the_lowest_weight_and_no_pairs() -> No
 def test_minimising_the_loss_recovers_the_true_top_k_in_router_order() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal((16, 8)).astype(np.float32)
-    topk = np.argsort(-logits, axis=1)[:, :2]
+    logits = torch.from_numpy(rng.standard_normal((16, 8)).astype(np.float32))
+    topk = torch.argsort(logits, dim=1, descending=True)[:, :2]
     ranks = true_ranks(topk, logits)
     tiers = RankTiers.relative(2, 8)
-    order = torch.from_numpy(top_order(ranks, tiers.hinge_top))
+    order = top_order(ranks, tiers.hinge_top)
     scores = torch.zeros(16, 8, requires_grad=True)
     optimizer = torch.optim.Adam([scores], lr=0.1)
     for _ in range(300):
         optimizer.zero_grad()
-        ranking_aware_loss(scores, torch.from_numpy(ranks), order, 2, tiers).backward()
+        ranking_aware_loss(scores, ranks, order, 2, tiers).backward()
         optimizer.step()
-    learned = torch.argsort(scores.detach(), dim=1, descending=True)[:, : tiers.hinge_top].numpy()
-    np.testing.assert_array_equal(learned, top_order(ranks, tiers.hinge_top))
+    learned = torch.argsort(scores.detach(), dim=1, descending=True)[:, : tiers.hinge_top]
+    torch.testing.assert_close(learned, top_order(ranks, tiers.hinge_top).long())

@@ -132,3 +132,17 @@ def test_metrics_are_ordered_exact_le_hit_and_recall_between(top_k: int, seed: i
     assert (exact <= recall).all() and (recall <= 1).all()
     assert (values(metrics, "overprovision_hit", num_experts) == 1).all()
     assert ((exact == 1) == (recall == 1)).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**31 - 1), st.booleans())
+def test_top_m_equals_a_stable_full_sort_even_with_many_ties(
+    num_experts: int, m: int, seed: int, ties: bool
+) -> None:
+    m = min(m, num_experts)
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 3, size=(40, num_experts)) if ties else rng.standard_normal((40, num_experts))
+    ranked, picked = top_m(scores.astype(np.float32), m)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :m]
+    np.testing.assert_array_equal(ranked, expected)
+    np.testing.assert_array_equal(picked, np.take_along_axis(scores, expected, axis=1).astype(np.float32))
