@@ -20,6 +20,8 @@ measurements, presets live in ``sim/profiles/*.toml``)::
     link_gbps = 55.5             # capacity that concurrent copies share (PCIe link)
     concurrency_factor = 1.0     # optional: measured aggregate bandwidth of concurrent copies over one
                                  # copy's; when present, shared capacity = factor x one copy's rate
+    serial = false               # optional: copies move one at a time in start order (FIFO) instead of
+                                 # sharing the link; engines then = copies committed to the hardware
     [copy.curve]                 # optional measured single-copy times (linear interpolation in size)
     sizes_bytes = [262144, 1048576]
     pinned_s = [7.8e-06, 2.4e-05]
@@ -107,6 +109,7 @@ class CopyProfile:
     link_gbps: float
     concurrency_factor: float | None = None
     curve: CopyCurve | None = None
+    serial: bool = False
 
     def __post_init__(self) -> None:
         if self.engines < 1:
@@ -215,6 +218,8 @@ class HardwareProfile:
             del doc["copy"]["curve"]
         if self.copy.concurrency_factor is None:
             del doc["copy"]["concurrency_factor"]
+        if not self.copy.serial:
+            del doc["copy"]["serial"]  # keeps run keys of profiles without the field unchanged
         return doc
 
     @classmethod

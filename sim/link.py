@@ -10,6 +10,11 @@ Model (its parameters come from the hardware profile's ``[copy]`` table):
   engines never both get full bandwidth. One copy's rate comes from the measured single-copy curve.
 - A copy into a slot whose previous copy has not finished waits (outside the queue) until it has; if it
   is more urgent than that previous copy, the previous copy is promoted (priority inheritance).
+- ``serial`` links (``copy.serial`` in the profile) move the bytes of one copy at a time: a copy whose
+  setup ended waits, holding its engine, until the copy ahead of it has landed (FIFO in start order).
+  Measured on an H200: host-to-device copies issued on separate CUDA streams never overlapped (each ran
+  at the single-copy rate, one after the other), so fair sharing would land the first copy of a burst
+  far too late. ``engines`` then counts copies committed to the hardware queue at once.
 
 All copies of one run have the same size, so they all move bytes at the same rate: the copies in setup
 and the copies on the wire each finish in the order they started, and two FIFO queues replace any
@@ -58,10 +63,18 @@ class Link:
     """Copy engines sharing one link; see the module docstring for the model."""
 
     def __init__(
-        self, engines: int, latency_s: float, transfer_s: float, size_bytes: int, capacity_bps: float
+        self,
+        engines: int,
+        latency_s: float,
+        transfer_s: float,
+        size_bytes: int,
+        capacity_bps: float,
+        serial: bool = False,
     ) -> None:
         """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included)."""
         self.engines = engines
+        self.serial = serial
+        self._ready: deque[Transfer] = deque()  # serial link: setup done, waiting for the wire
         self.latency_s = latency_s
         self.size_bytes = float(size_bytes)
         wire_s = max(transfer_s - latency_s, 1e-15)
@@ -159,6 +172,11 @@ class Link:
                 now = t_next
             if next_done <= next_setup:
                 transfer = wire.popleft()
+                if self._ready:  # serial link: the next copy in line takes the wire
+                    head = self._ready.popleft()
+                    head.state = WIRE
+                    head.finish_v = virtual + self.size_bytes
+                    wire.append(head)
                 transfer.state = DONE
                 transfer.end_s = now
                 self.pending -= 1
@@ -173,6 +191,9 @@ class Link:
                     break
             else:
                 transfer = setup.popleft()
+                if self.serial and wire:
+                    self._ready.append(transfer)
+                    continue
                 transfer.state = WIRE
                 transfer.finish_v = virtual + self.size_bytes
                 wire.append(transfer)

@@ -91,6 +91,7 @@ def simulate(
         transfer_s=copy.transfer_s(size, options.pinned),
         size_bytes=size,
         capacity_bps=copy.shared_capacity_bps(size, options.pinned),
+        serial=copy.serial,
     )
     pre_s, cross_s = predictor_times(policy_obj, costs, options)
     out = run_engine(
