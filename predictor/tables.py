@@ -157,9 +157,33 @@ def _per_layer_table(rows: Sequence[dict[str, Any]], metric: str, k_prime: int) 
     return lines
 
 
+def _confidence_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Mean over layers: hit rate and mean extra experts fetched per confidence threshold and predictor."""
+    index = _index(rows)
+    prefix = "confidence_hit@"
+    thresholds = list(
+        dict.fromkeys(r["metric"][len(prefix) :] for r in rows if r["metric"].startswith(prefix))
+    )
+    predictors = list(dict.fromkeys(r["predictor"] for r in rows))
+    lines = ["| threshold | " + " | ".join(predictors) + " |", "|---" * (len(predictors) + 1) + "|"]
+    for threshold in thresholds:
+        cells = []
+        for name in predictors:
+            hit = index.get((name, MEAN_LAYER, f"confidence_hit@{threshold}", 0))
+            extra = index.get((name, MEAN_LAYER, f"confidence_extra@{threshold}", 0))
+            if hit is None or extra is None or math.isnan(hit["value"]):
+                cells.append("–")
+            else:
+                cells.append(f"{100 * hit['value']:.2f}% (+{extra['value']:.2f})")
+        lines.append(f"| {threshold} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(rows: Sequence[dict[str, Any]], model: ModelShape, k_prime: int, heading: str) -> str:
-    """The first-MoE-layer table next to the paper's numbers, the mean over layers, and per-layer tables."""
+    """The first-MoE-layer table next to the paper's numbers, the mean over layers, per-layer tables and
+    the confidence-driven over-provisioning curve."""
     first = model.moe_layers[0]
+    widest = max((r["k_prime"] for r in rows), default=model.top_k)
     paper = PAPER_FIRST_LAYER.get((model.num_experts, model.top_k))
     parts = [
         f"# Predictor accuracy: {model.name} ({model.num_experts} experts, top-{model.top_k})",
@@ -188,6 +212,14 @@ def render_markdown(rows: Sequence[dict[str, Any]], model: ModelShape, k_prime: 
         "## Per layer: top-1 in the true set (%)",
         "",
         *_per_layer_table(rows, "top1", 0),
+        "",
+        "## Confidence-driven over-provisioning (mean over layers)",
+        "",
+        "Fetch the top-k, then further ranked experts while their score is at least the threshold (at most",
+        f"{widest} experts in all). Cells: hit rate (all k true experts fetched) and, in brackets, the mean",
+        "number of experts fetched beyond k. Scores mean different things per predictor (trace metadata).",
+        "",
+        *_confidence_table(rows),
         "",
     ]
     return "\n".join(parts)

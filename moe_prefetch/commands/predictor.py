@@ -278,6 +278,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"`{args.activations}` (origin: {store.provenance.origin}; {store.provenance.source}); predictors "
         f"from `{args.predictors}`, trained on the `train` split."
     )
+    if store.provenance.origin == "synthetic":
+        heading += "\n\n**Synthetic activations: a check of the tooling, not a finding.**"
     for path in write_tables(args.table, rows, model, k_prime, heading):
         print(f"wrote {path}")
     for p in predictors:
