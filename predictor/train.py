@@ -4,7 +4,8 @@ early stopping per layer on the validation split.
 All MoE layers of a model train together (``StackedPredictorNet``); every layer keeps the state of its
 own best validation epoch, and a layer whose validation loss has not improved for ``patience`` epochs
 stops contributing gradient. Training ends when every layer has stopped or after ``epochs`` epochs.
-On CUDA the matmuls run under bf16 autocast (the loss is computed in float32); on CPU in float32.
+On CUDA the matmuls run under bf16 autocast (the loss is computed in float32; remaining float32 matmuls
+may use TF32); on CPU everything is float32.
 """
 
 from __future__ import annotations
@@ -154,13 +155,20 @@ def train_stacked(
     """Train one stacked network on ``train``, early-stopping each layer on ``val``."""
     started = time.perf_counter()
     device = train.x.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     num_layers, n, input_size = train.x.shape
     net = StackedPredictorNet(
         config.arch, num_layers, input_size, config.hidden_size, num_experts, config.dropout
     ).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        net.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",  # one kernel for all parameters: steps are launch-bound
+    )
     steps_per_epoch = -(-n // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, config.epochs * steps_per_epoch)

@@ -138,3 +138,15 @@ def test_predictors_trained_for_another_model_are_refused(workdir, tmp_path, cap
                  str(root / "pred"), "--table", str(tmp_path / "t"), "--quiet"])  # fmt: skip
     assert code == 2
     assert "trained for model" in capsys.readouterr().err
+
+
+def test_training_without_router_logits_works_and_says_what_is_lost(tmp_path, capsys) -> None:
+    source = planted_source(MODEL, num_sequences=20, seq_len=10)
+    source.arrays = {name: a for name, a in source.arrays.items() if not name.endswith(".logits")}
+    write_planted_store(tmp_path / "acts", source)
+    code = main(["predictor", "train", "--activations", str(tmp_path / "acts"), "--out", str(tmp_path / "p"),
+                 "--arch", "linear", *FAST])  # fmt: skip
+    assert code == 0
+    assert "no router logits" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "p" / "predictors.json").read_text())
+    assert manifest["labels"].startswith("router top-k only")

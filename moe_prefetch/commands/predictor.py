@@ -174,6 +174,13 @@ def _train(args: argparse.Namespace) -> int:
         f"{model.num_moe_layers} MoE layers, d={model.hidden_size}, E={model.num_experts}, k={model.top_k}; "
         f"loaded onto {device} in {load_s:.1f} s"
     )
+    full_ranking = all(store.has(f"L{layer:03d}.logits") for layer in model.moe_layers)
+    if not full_ranking:
+        print(
+            "warning: the store has no router logits, so the loss knows the router's ranking only inside "
+            "the top-k (tiers beyond k and the hinge pairs beyond k are lost); collect with --logits for "
+            "the paper's loss"
+        )
     archs = ARCHS if args.arch == "all" else (args.arch,)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +210,9 @@ def _train(args: argparse.Namespace) -> int:
         "activations_provenance": dataclasses.asdict(store.provenance),
         "split_fractions": dataclasses.asdict(fractions),
         "loss_tiers": args.loss_tiers,
+        "labels": "full router ranking (logits)"
+        if full_ranking
+        else "router top-k only (no logits in store)",
         "device": str(device),
         "software": {"torch": torch.__version__, "python": platform.python_version()},
         "predictors": entries,
