@@ -133,6 +133,8 @@ class ExpertCache:
         self.num_layers = num_layers
         self.num_experts = num_experts
         self.entries: dict[int, Entry] = {}
+        self._pinned = self._make_pinned_test()
+        self._any_far_pins = False
         self.released_through = -1  # pins with pin_until <= this position are over
         self.current_pos = -1
         self.routed_through = -1
@@ -218,9 +220,9 @@ class ExpertCache:
     def is_pinned(self, key: int) -> bool:
         return self.entries[key].pin_until > self.released_through
 
-    def _pinned_test(self) -> Callable[[int], bool]:
-        entries, released = self.entries, self.released_through
-        return lambda key: entries[key].pin_until > released
+    def _make_pinned_test(self) -> Callable[[int], bool]:
+        entries, cache = self.entries, self
+        return lambda key: entries[key].pin_until > cache.released_through
 
     def occupancy(self) -> int:
         return len(self.entries)
@@ -243,45 +245,71 @@ class ExpertCache:
         """
         layer = key // self.num_experts
         part = self.partitions[self._partition_of_layer[layer]]
-        if prefetch and pin_until > self.routed_through + 1 and part.capacity is not None:
+        near = pin_until <= self.routed_through + 1  # pinned at most until the next router
+        if prefetch and not near and part.capacity is not None:
             next_router = self._next_router(layer)
             if pin_until > next_router:
                 later = sum(n for target, n in part.far_pins.items() if target > next_router)
                 if later + 1 > part.capacity - part.reserve:
                     return None
-        slot = part.take_free_slot()
-        if slot is None:
-            victim = part.rule.victim(self._pinned_test())
+        entries = self.entries
+        if part.free:
+            entry = Entry(key, part.free.pop())
+        elif part.capacity is None:
+            entry = Entry(key, part.next_slot)
+            part.next_slot += 1
+        else:
+            victim = part.rule.victim(self._pinned)
             if victim is None:
                 if prefetch:
                     return None
                 raise CacheTooSmall(f"no unpinned slot left for a demand load of layer {layer}")
-            slot = self._evict(victim, part)
-        entry = Entry(key, slot)
+            entry = entries.pop(victim)  # the victim's entry object and slot are reused for ``key``
+            part.rule.remove(victim)
+            self.evictions += 1
+            if entry.prefetched_unused:
+                self.wasted += 1
+            entry.key = key
+            entry.arrived = False
+            entry.request = None
+            entry.counted = False  # an unpinned entry's booking, if any, was dropped with its pin
+            entry.pin_until = -1
+            part.size -= 1
         entry.prefetched_unused = prefetch
-        self.entries[key] = entry
+        entries[key] = entry
         part.size += 1
         part.rule.insert(key, self.current_pos)
-        self._pin(entry, part, pin_until, layer)
-        if len(self.entries) > self.peak_slots:
-            self.peak_slots = len(self.entries)
+        if near or part.capacity is None:
+            entry.pin_until = pin_until
+        else:
+            self._pin(entry, part, pin_until, layer)
+        if len(entries) > self.peak_slots:
+            self.peak_slots = len(entries)
         return entry
 
-    def route(self, layer: int, experts: Sequence[int], pos: int) -> list[Entry | None]:
-        """The router of ``layer`` at ``pos`` needs ``experts``: use (and pin) every present one; None
-        marks an absent one. Present ones are pinned before any demand load can evict them."""
+    def route(self, layer: int, experts: Sequence[int], pos: int, prefetched: Sequence[Entry] = ()) -> list:
+        """The router of ``layer`` at ``pos`` needs ``experts``: first drop the pins of ``prefetched``
+        entries held only for ``pos`` (the needed ones are pinned again right after), then use (and pin)
+        every present needed one. Returns the needed experts' entries, None for absent ones (present
+        ones are pinned before any demand load can evict them)."""
+        for entry in prefetched:
+            if entry.pin_until == pos:
+                if entry.counted:
+                    self._uncount(entry)
+                entry.pin_until = -1
         base = layer * self.num_experts
         get = self.entries.get
-        touch = self.partitions[self._partition_of_layer[layer]].rule.touch
         found = [get(base + e) for e in experts]
+        keys = []
         for entry in found:
             if entry is not None:
                 entry.prefetched_unused = False
-                touch(entry.key, pos)
                 if pos > entry.pin_until:
                     if entry.counted:
                         self._uncount(entry)
                     entry.pin_until = pos
+                keys.append(entry.key)
+        self.partitions[self._partition_of_layer[layer]].rule.touch_all(keys, pos)
         self.routed_through = pos
         return found
 
@@ -310,10 +338,13 @@ class ExpertCache:
     def release_through(self, pos: int) -> None:
         """Layer end: pins held until ``pos`` or earlier are over; no-cache mode drops unpinned entries."""
         self.released_through = pos
-        for part in self.partitions:
-            if part.far_pins:
-                for target in [t for t in part.far_pins if t <= pos]:
-                    del part.far_pins[target]
+        if self._any_far_pins:
+            self._any_far_pins = False
+            for part in self.partitions:
+                if part.far_pins:
+                    for target in [t for t in part.far_pins if t <= pos]:
+                        del part.far_pins[target]
+                    self._any_far_pins = self._any_far_pins or bool(part.far_pins)
         if self.no_cache:
             part = self.partitions[0]
             dropped = [key for key, entry in self.entries.items() if entry.pin_until <= pos]
@@ -351,6 +382,7 @@ class ExpertCache:
         ):
             part.far_pins[pin_until] = part.far_pins.get(pin_until, 0) + 1
             entry.counted = True
+            self._any_far_pins = True
 
     def _uncount(self, entry: Entry) -> None:
         entry.counted = False

@@ -28,7 +28,7 @@ Timing rules a clock must honour (they keep the physical state consistent with t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sim.cache import CacheConfig, Entry, ExpertCache
@@ -153,6 +153,7 @@ class DecodeController:
         )
         self.step: Step | None = None
         self.layer = -1
+        self._pos_base = 0
         self._seq = 0
         self._prefetched_for: dict[int, list[Entry]] = {}
         cls = type(policy)
@@ -171,6 +172,7 @@ class DecodeController:
 
     def begin_step(self, s: int) -> list[FetchRequest]:
         self.step = self.workload.step(s)
+        self._pos_base = s * self.num_layers
         self.layer = -1
         if self._hooks["on_step_start"]:
             return self._prefetch(self.policy.on_step_start(self.step))
@@ -178,7 +180,7 @@ class DecodeController:
 
     def layer_start(self, j: int) -> list[FetchRequest]:
         self.layer = j
-        self.cache.advance(self._pos(j))
+        self.cache.current_pos = self._pos_base + j
         if self._hooks["on_layer_start"]:
             return self._prefetch(self.policy.on_layer_start(self.step, j))
         return []
@@ -191,60 +193,66 @@ class DecodeController:
 
     def router(self, j: int) -> RouterDecision:
         step = self.step
-        pos = self._pos(j)
+        pos = self._pos_base + j
         cache = self.cache
         needed = step.needed[j]
         decision = RouterDecision(j, needed, step.tokens_per_expert[j])
-        prefetched = self._prefetched_for.pop(pos, None)
-        if prefetched:
-            for entry in prefetched:
-                cache.unpin_if_only(entry, pos)
-        found = cache.route(j, needed, pos)
-        status, slots, late = decision.status, decision.slots, decision.late
-        n_miss = 0
-        for entry in found:
-            if entry is None:
-                status.append(MISS)
-                slots.append(-1)
-                n_miss += 1
-            else:
-                slots.append(entry.slot)
-                if entry.arrived:
-                    status.append(HIT)
-                else:
-                    status.append(LATE)
-                    late.append(entry.request)
+        found = cache.route(j, needed, pos, self._prefetched_for.pop(pos, ()))
+        if None not in found and all([entry.arrived for entry in found]):  # the common case: all hits
+            decision.status = [HIT] * len(found)
+            decision.slots = [entry.slot for entry in found]
+            self.counters.hits[j] += len(found)
+        else:
+            self._classify(decision, found, j, pos)
+        if self._hooks["on_router"]:
+            decision.prefetches = self._prefetch(self.policy.on_router(step, j))
+        return decision
+
+    def _classify(self, decision: RouterDecision, found: list, j: int, pos: int) -> None:
+        """Statuses and slots of a layer with late or absent experts; demand loads for the absent ones."""
+        status = decision.status = [MISS if e is None else (HIT if e.arrived else LATE) for e in found]
+        decision.late = [e.request for e in found if e is not None and not e.arrived]
+        slots = decision.slots = [-1 if e is None else e.slot for e in found]
+        n_miss = status.count(MISS)
         if n_miss:
+            cache = self.cache
             base = j * self.num_experts
             new_request = self._request_type
+            demands = decision.demands
             for i, entry in enumerate(found):
                 if entry is None:
-                    e = needed[i]
+                    e = decision.experts[i]
                     entry = cache.allocate(base + e, pos, prefetch=False)
                     cache.use(entry, pos)
                     request = new_request(self._seq, base + e, j, e, entry.slot, DEMAND, True, pos)
                     self._seq += 1
                     entry.request = request
-                    decision.demands.append(request)
+                    demands.append(request)
                     slots[i] = entry.slot
         counters = self.counters
-        n_late = len(late)
+        n_late = len(decision.late)
         counters.misses[j] += n_miss
         counters.late[j] += n_late
-        counters.hits[j] += len(needed) - n_miss - n_late
+        counters.hits[j] += len(found) - n_miss - n_late
         counters.demand_loads += n_miss
-        if self._hooks["on_router"]:
-            decision.prefetches = self._prefetch(self.policy.on_router(step, j))
-        return decision
 
     def layer_end(self, j: int) -> list[FetchRequest]:
-        self.cache.release_through(self._pos(j))
+        self.cache.release_through(self._pos_base + j)
         if self._hooks["on_layer_end"]:
             return self._prefetch(self.policy.on_layer_end(self.step, j))
         return []
 
     def end_step(self) -> None:
         self.step = None
+
+    def transfers_finished(self, requests: Iterable[FetchRequest]) -> None:
+        """``transfer_finished`` for each of ``requests``, in order."""
+        get = self.cache.entries.get
+        for request in requests:
+            entry = get(request.key)
+            if entry is not None and entry.request is request:
+                entry.arrived = True
+                entry.request = None
 
     def transfer_finished(self, request: FetchRequest) -> None:
         """The copy of ``request`` landed in its slot (the clock calls this once per request)."""
@@ -263,20 +271,25 @@ class DecodeController:
     # -- internals
 
     def _pos(self, j: int) -> int:
-        return self.step.index * self.num_layers + j
+        return self._pos_base + j
 
     def _prefetch(self, actions: Actions) -> list[FetchRequest]:
+        """Turn a policy's actions into transfers: pin what is present, allocate (or drop) what is not."""
         requests: list[FetchRequest] = []
         cache = self.cache
-        counters = self.counters
         s = self.step.index
         new_request = self._request_type
+        allocate = cache.allocate
         get = cache.entries.get
+        seq = self._seq
+        present = 0
         for layer, experts, priority in actions:
             target = (s if layer >= self.layer else s + 1) * self.num_layers + layer
             base = layer * self.num_experts
-            pinned = self._prefetched_for.setdefault(target, [])
-            prefetch_priority = max(priority, PREFETCH)
+            pinned = self._prefetched_for.get(target)
+            if pinned is None:
+                pinned = self._prefetched_for[target] = []
+            prefetch_priority = priority if priority > PREFETCH else PREFETCH
             near = target <= cache.routed_through + 1  # pinned until the next router: no booking
             for e in experts:
                 key = base + e
@@ -287,19 +300,22 @@ class DecodeController:
                             entry.pin_until = target
                         else:
                             cache.protect(entry, target)
-                    counters.prefetches_present += 1
+                    present += 1
                     pinned.append(entry)
                     continue
-                entry = cache.allocate(key, target, prefetch=True)
+                entry = allocate(key, target, True)
                 if entry is None:
-                    counters.prefetches_dropped += 1
+                    self.counters.prefetches_dropped += 1
                     continue
-                request = new_request(self._seq, key, layer, e, entry.slot, prefetch_priority, False, target)
-                self._seq += 1
-                entry.request = request
+                entry.request = request = new_request(
+                    seq, key, layer, e, entry.slot, prefetch_priority, False, target
+                )
+                seq += 1
                 pinned.append(entry)
                 requests.append(request)
-                counters.prefetches_issued += 1
+        self.counters.prefetches_present += present
+        self.counters.prefetches_issued += seq - self._seq
+        self._seq = seq
         return requests
 
 

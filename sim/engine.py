@@ -142,24 +142,11 @@ class _Run:
         """Tell the controller about copies that landed (all landed before the current host time)."""
         completed = self.link.completed
         if completed:
-            finished = self.controller.transfer_finished
-            timeline = self.timeline
-            for transfer in completed:
-                finished(transfer)
-                if timeline.on:
-                    kind = (
-                        "demand"
-                        if transfer.demand
-                        else ("prefetch" if transfer.priority else "late prefetch")
-                    )
-                    timeline.add(
-                        f"copy{transfer.engine}",
-                        kind,
-                        transfer.start_s,
-                        transfer.end_s,
-                        transfer.layer,
-                        transfer.expert,
-                    )
+            self.controller.transfers_finished(completed)
+            if self.timeline.on:
+                for t in completed:
+                    kind = "demand" if t.demand else ("prefetch" if t.priority else "late prefetch")
+                    self.timeline.add(f"copy{t.engine}", kind, t.start_s, t.end_s, t.layer, t.expert)
             completed.clear()
 
     # -- the process

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sim.workload import NextUse
 
@@ -30,6 +30,11 @@ class EvictionRule:
     def touch(self, key: int, pos: int) -> None:
         """A layer used ``key`` at position ``pos``."""
         raise NotImplementedError
+
+    def touch_all(self, keys: Iterable[int], pos: int) -> None:
+        """A layer used every key of ``keys`` at ``pos``, in that order."""
+        for key in keys:
+            self.touch(key, pos)
 
     def remove(self, key: int) -> None:
         """``key`` left the partition."""
@@ -55,6 +60,11 @@ class LRU(EvictionRule):
     def touch(self, key: int, pos: int) -> None:
         self._order.move_to_end(key)
 
+    def touch_all(self, keys: Iterable[int], pos: int) -> None:
+        move_to_end = self._order.move_to_end
+        for key in keys:
+            move_to_end(key)
+
     def remove(self, key: int) -> None:
         del self._order[key]
 
@@ -71,6 +81,9 @@ class FIFO(LRU):
     name = "fifo"
 
     def touch(self, key: int, pos: int) -> None:
+        pass
+
+    def touch_all(self, keys: Iterable[int], pos: int) -> None:
         pass
 
 
