@@ -16,7 +16,18 @@ from moe_prefetch import __version__
 from traces.fileio import InputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("demo", "trace", "predictor", "corpus", "train_reference", "collect", "calibrate", "simulate")
+COMMAND_MODULES = (
+    "demo",
+    "report",
+    "sweep",
+    "trace",
+    "predictor",
+    "corpus",
+    "train_reference",
+    "collect",
+    "calibrate",
+    "simulate",
+)
 
 EXIT_BAD_INPUT = 2
 
