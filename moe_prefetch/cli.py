@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "train_reference",
     "collect",
     "calibrate",
+    "validate",
     "simulate",
 )
 

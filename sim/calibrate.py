@@ -92,11 +92,14 @@ class CopyPoint:
 
 @dataclass
 class ConcurrencyPoint:
-    """``streams`` copies of ``size_bytes`` each, started together on separate streams: time until all end."""
+    """``streams`` copies of ``size_bytes`` each, started together on separate streams: time until all
+    end, and until the first ends (about ``total_s / streams`` when the copies run one after the other,
+    about ``total_s`` when they share the link)."""
 
     streams: int
     size_bytes: int
     total_s: float
+    first_done_s: float | None = None
 
     @property
     def aggregate_gbps(self) -> float:
@@ -157,6 +160,10 @@ class Calibration:
 # ---------------------------------------------------------------------------------------------- fitting
 
 
+#: copies a serial link keeps committed (one moving, one queued behind it): see to_profile's notes
+COMMITTED_SERIAL_COPIES = 2
+
+
 def fit_copy_line(sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:
     """Fit ``t = latency + bytes / bandwidth`` minimising relative error; returns (latency_s, gbps).
 
@@ -190,6 +197,15 @@ def link_sharing_factor(points: Sequence[ConcurrencyPoint]) -> float:
         raise ValueError("need a single-stream point and at least one concurrent point")
     most = by_streams[max(by_streams)]
     return most.aggregate_gbps / by_streams[1].aggregate_gbps
+
+
+def copies_serialise(points: Sequence[ConcurrencyPoint]) -> bool:
+    """True when concurrent copies ran one at a time: at the most concurrent point, the first copy
+    finished nearer ``total / n`` (serial) than ``total`` (fair sharing)."""
+    most = max(points, key=lambda p: p.streams)
+    if most.streams < 2 or most.first_done_s is None:
+        return False
+    return most.first_done_s / most.total_s < (1.0 + 1.0 / most.streams) / 2.0
 
 
 def rotation_count(item_bytes: int, rotate_bytes: int) -> int:
@@ -230,35 +246,49 @@ class Stopwatch:
     def per_call_s(
         self, fn: Callable[[int], Any], inner: int | None = None, reps: int | None = None
     ) -> float:
+        return self.per_call_all([fn], inner, reps)[0]
+
+    def per_call_all(
+        self, fns: Sequence[Callable[[int], Any]], inner: int | None = None, reps: int | None = None
+    ) -> list[float]:
+        """Per-call medians of several callables measured in interleaved rounds (every repetition times
+        each callable once), so a drift of the host's speed during calibration affects them alike."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
-        calls = 0
-        for _ in range(self.effort.warmup):
-            fn(calls)
-            calls += 1
+        calls = [0] * len(fns)
+
+        def burst(k: int) -> None:
+            fn, c = fns[k], calls[k]
+            for i in range(c, c + inner):
+                fn(i)
+            calls[k] = c + inner
+
+        for k, fn in enumerate(fns):
+            for i in range(self.effort.warmup):
+                fn(i)
+            calls[k] = self.effort.warmup
         self.sync()
-        samples = []
+        samples: list[list[float]] = [[] for _ in fns]
         if self.cuda:
-            events = [
-                (self.torch.cuda.Event(enable_timing=True), self.torch.cuda.Event(enable_timing=True))
-                for _ in range(reps)
-            ]
-            for start, end in events:
-                start.record()
-                for _ in range(inner):
-                    fn(calls)
-                    calls += 1
-                end.record()
+            event = self.torch.cuda.Event
+            marks = []
+            for _ in range(reps):
+                for k in range(len(fns)):
+                    start, end = event(enable_timing=True), event(enable_timing=True)
+                    start.record()
+                    burst(k)
+                    end.record()
+                    marks.append((k, start, end))
             self.sync()
-            samples = [start.elapsed_time(end) / 1e3 / inner for start, end in events]
+            for k, start, end in marks:
+                samples[k].append(start.elapsed_time(end) / 1e3 / inner)
         else:
             for _ in range(reps):
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    fn(calls)
-                    calls += 1
-                samples.append((time.perf_counter() - t0) / inner)
-        return median(samples)
+                for k in range(len(fns)):
+                    t0 = time.perf_counter()
+                    burst(k)
+                    samples[k].append((time.perf_counter() - t0) / inner)
+        return [median(x) for x in samples]
 
     def wall_s(self, fn: Callable[[], Any], reps: int | None = None) -> float:
         """Median host wall time of ``fn`` followed by a device synchronisation."""
@@ -314,7 +344,7 @@ def measure_concurrency(watch: Stopwatch, streams: Sequence[int], size: int) -> 
     main = torch.cuda.current_stream(watch.device)
     out = []
     for k in streams:
-        samples = []
+        totals, firsts = [], []
         for rep in range(watch.effort.warmup + watch.effort.reps):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -324,7 +354,7 @@ def measure_concurrency(watch: Stopwatch, streams: Sequence[int], size: int) -> 
                 side[j].wait_event(start)
                 with torch.cuda.stream(side[j]):
                     dsts[j].copy_(srcs[j], non_blocking=True)
-                    ev = torch.cuda.Event()
+                    ev = torch.cuda.Event(enable_timing=True)
                     ev.record(side[j])
                     done.append(ev)
             for ev in done:
@@ -332,8 +362,9 @@ def measure_concurrency(watch: Stopwatch, streams: Sequence[int], size: int) -> 
             end.record(main)
             end.synchronize()
             if rep >= watch.effort.warmup:
-                samples.append(start.elapsed_time(end) / 1e3)
-        out.append(ConcurrencyPoint(k, size, median(samples)))
+                totals.append(start.elapsed_time(end) / 1e3)
+                firsts.append(min(start.elapsed_time(ev) for ev in done) / 1e3)
+        out.append(ConcurrencyPoint(k, size, median(totals), median(firsts)))
     return out
 
 
@@ -362,7 +393,8 @@ def measure_device_bandwidth(watch: Stopwatch, size: int) -> float:
 
 
 def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeTimings:
-    """Time every decode op of ``shape`` with ``sim.kernels``, rotating weights to stay cache-cold."""
+    """Time every decode op of ``shape`` with ``sim.kernels`` (the live executor's code), all points in
+    interleaved rounds, rotating weights and KV caches over more bytes than the L2 cache."""
     import torch
 
     from sim import kernels
@@ -375,98 +407,78 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
     def rand(*size: int) -> torch.Tensor:
         return (torch.randn(*size, generator=gen, device=dev) * h**-0.5).to(dt)
 
-    def inputs(rows: int) -> torch.Tensor:
-        return rand(rows, h)
-
-    attention_s = _attention_grid(watch, shape, effort, gen)
-
-    norm_w = torch.ones(h, device=dev, dtype=dt)
-    gate = rand(shape.num_experts, h)
-    norm_s, router_s, add_s = [], [], []
+    points: dict[tuple[str, int, int], Callable[[int], Any]] = {}
+    layers = _attention_layers(shape, effort, watch.device, gen)
     for b in effort.batches:
-        x = inputs(b)
-        y = inputs(b)
-        norm_s.append(watch.per_call_s(lambda _i, x=x: kernels.rms_norm(x, norm_w)))
-        router_s.append(watch.per_call_s(lambda _i, x=x: kernels.router_scores(x, gate, shape.top_k)))
-        add_s.append(watch.per_call_s(lambda _i, x=x, y=y: x.add_(y)))
-
-    def ffn_curve(intermediate: int) -> list[float]:
-        elems = kernels.expert_elements(h, intermediate)
-        count = rotation_count(elems * 2, effort.rotate_bytes)
-        weights = rand(count, elems)
-        curve = []
-        for n_tok in effort.tokens:
-            x = inputs(n_tok)
-            out = torch.zeros_like(x)
-            curve.append(
-                watch.per_call_s(
-                    lambda i, x=x, out=out: kernels.expert_into(
-                        out, x, weights[i % count], h, intermediate, 0.5
-                    )
-                )
+        x, y = rand(b, h), rand(b, h)
+        for ctx in effort.contexts:
+            points["attention", b, ctx] = lambda i, x=x, ctx=ctx: kernels.attention(
+                x, layers[i % len(layers)], shape, ctx
             )
-        return curve
+    norm_w = torch.ones(h, device=dev, dtype=dt)
+    gates = [rand(shape.num_experts, h) for _ in range(8)]
+    predictors = [kernels.new_predictor(shape, dev) for _ in range(8)]
+    pool = torch.cuda.graph_pool_handle() if watch.cuda else None
+    for b in effort.batches:
+        x, y = rand(b, h), rand(b, h)
+        points["norm", b, 0] = lambda _i, x=x: kernels.rms_norm(x, norm_w)
+        points["router", b, 0] = lambda i, x=x: kernels.router_scores(x, gates[i % len(gates)], shape.top_k)
+        points["add", b, 0] = lambda _i, x=x, y=y: x.add_(y)
+        graphed = [kernels.GraphedCall(p, x, pool) for p in predictors]
+        points["predictor_gpu", b, 0] = lambda i, x=x, g=graphed: g[i % len(g)](x)
+    ffns = {"expert": shape.expert_intermediate_size}
+    if shape.num_shared_experts:
+        ffns["shared"] = shape.shared_intermediate_size
+    if shape.dense_layers:
+        ffns["dense"] = shape.dense_intermediate_size
+    for op, intermediate in ffns.items():
+        elems = kernels.expert_elements(h, intermediate)
+        weights = rand(rotation_count(elems * 2, effort.rotate_bytes), elems)
+        for n_tok in effort.tokens:
+            x = rand(n_tok, h)
+            out = torch.zeros_like(x)
+            points[op, n_tok, 0] = lambda i, x=x, out=out, w=weights, n=intermediate: kernels.expert_into(
+                out, x, w[i % len(w)], h, n, 0.5
+            )
+    keys = list(points)
+    times = dict(zip(keys, watch.per_call_all([points[k] for k in keys]), strict=True))
 
-    expert_s = ffn_curve(shape.expert_intermediate_size)
-    shared_s = ffn_curve(shape.shared_intermediate_size) if shape.num_shared_experts else []
-    dense_s = ffn_curve(shape.dense_intermediate_size) if shape.dense_layers else []
+    cpu_watch = Stopwatch(torch.device("cpu"), dataclasses.replace(effort, inner=max(1, effort.inner // 2)))
+    pred_cpu = kernels.new_predictor(shape, torch.device("cpu"), torch.float32)
+    cpu_inputs = [torch.randn(b, h) for b in effort.batches]
+    predictor_cpu_s = cpu_watch.per_call_all([lambda _i, x=x: pred_cpu(x) for x in cpu_inputs])
 
-    predictor_gpu_s: list[float] = []
-    predictor_cpu_s: list[float] = []
-    with torch.inference_mode():
-        pred_dev = kernels.new_predictor(shape, dev)
-        pred_cpu = kernels.new_predictor(shape, torch.device("cpu"))
-        cpu_watch = Stopwatch(
-            torch.device("cpu"), dataclasses.replace(effort, inner=max(1, effort.inner // 2))
-        )
-        for b in effort.batches:
-            x = inputs(b).to(next(pred_dev.parameters()).dtype)
-            predictor_gpu_s.append(watch.per_call_s(lambda _i, x=x: pred_dev(x)))
-            xc = x.float().cpu()
-            predictor_cpu_s.append(cpu_watch.per_call_s(lambda _i, xc=xc: pred_cpu(xc)))
+    def curve(op: str, axis: Sequence[int]) -> list[float]:
+        return [times[op, n, 0] for n in axis] if (op, axis[0], 0) in times else []
 
     return ShapeTimings(
         shape=shape.name,
         batches=list(effort.batches),
         contexts=list(effort.contexts),
         tokens=list(effort.tokens),
-        attention_s=attention_s,
-        norm_s=norm_s,
-        router_s=router_s,
-        add_s=add_s,
-        expert_s=expert_s,
-        shared_s=shared_s,
-        dense_s=dense_s,
-        predictor_gpu_s=predictor_gpu_s,
+        attention_s=[[times["attention", b, c] for c in effort.contexts] for b in effort.batches],
+        norm_s=curve("norm", effort.batches),
+        router_s=curve("router", effort.batches),
+        add_s=curve("add", effort.batches),
+        expert_s=curve("expert", effort.tokens),
+        shared_s=curve("shared", effort.tokens),
+        dense_s=curve("dense", effort.tokens),
+        predictor_gpu_s=curve("predictor_gpu", effort.batches),
         predictor_cpu_s=predictor_cpu_s,
     )
 
 
-def _attention_grid(watch: Stopwatch, shape: ModelShape, effort: Effort, gen: Any) -> list[list[float]]:
-    """Attention time per (batch, context), rotating over enough layers' weights and KV caches."""
-    import torch
-
+def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) -> list[Any]:
+    """Enough layers' attention weights and KV caches to rotate over more bytes than the L2 cache."""
     from sim import kernels
 
     b_max, ctx_max = max(effort.batches), max(effort.contexts)
-    first = kernels.new_attention(shape, b_max, ctx_max, watch.device, gen)
+    first = kernels.new_attention(shape, b_max, ctx_max, device, gen)
     item_bytes = sum(t.numel() * t.element_size() for t in (first.wqkv, first.wo, first.k_cache))
-    layers = [first] + [
-        kernels.new_attention(shape, b_max, ctx_max, watch.device, gen)
+    return [first] + [
+        kernels.new_attention(shape, b_max, ctx_max, device, gen)
         for _ in range(rotation_count(item_bytes, effort.rotate_bytes) - 1)
     ]
-    grid = []
-    for b in effort.batches:
-        x = (torch.randn(b, shape.hidden_size, generator=gen, device=watch.device) * 0.1).to(first.wqkv.dtype)
-        grid.append(
-            [
-                watch.per_call_s(
-                    lambda i, x=x, ctx=ctx: kernels.attention(x, layers[i % len(layers)], shape, ctx)
-                )
-                for ctx in effort.contexts
-            ]
-        )
-    return grid
 
 
 def copy_engine_count(device: Any) -> int | None:
@@ -580,9 +592,13 @@ def to_profile(
     pageable_gbps = fit_copy_line(sizes, pageable)[1] if has_pageable else pinned_gbps
     sharing = link_sharing_factor(result.concurrency)
     most = max(result.concurrency, key=lambda p: p.streams)
-    engines = result.copy_engines or (
-        1 if result.device == "cpu" else max(p.streams for p in result.concurrency)
-    )
+    serial = copies_serialise(result.concurrency)
+    if serial:
+        engines = COMMITTED_SERIAL_COPIES
+    else:
+        engines = result.copy_engines or (
+            1 if result.device == "cpu" else max(p.streams for p in result.concurrency)
+        )
     curves = []
     for shape in shapes:
         t = result.shapes[shape.name]
@@ -604,10 +620,18 @@ def to_profile(
         "events, pageable with the wall clock (it blocks). "
         f"{most.streams} concurrent copies of {most.size_bytes >> 20} MiB on separate streams moved "
         f"{most.aggregate_gbps:.1f} GB/s together, {sharing:.2f}x one copy's rate (concurrency_factor). "
-        f"Copy engines: {'cudaDevAttrAsyncEngineCount' if result.copy_engines else 'not readable, assumed'}. "
-        "Op curves: per-call medians of sim.kernels (the live executor's own code) called back to back, "
-        "weights rotated over more than the L2 cache; launch overhead: one trivial eager kernel back to "
-        "back. "
+        + (
+            f"They ran one after the other (first landed after {most.first_done_s * 1e3:.2f} of "
+            f"{most.total_s * 1e3:.2f} ms): serial = true, and engines = {COMMITTED_SERIAL_COPIES} copies "
+            "committed at once (one moving, one queued, as the live executor keeps them, so the link "
+            f"never idles while the host polls; the GPU has {result.copy_engines} copy engines). "
+            if serial
+            else f"Copy engines: {result.copy_engines or 'not readable, assumed'}. "
+        )
+        + "Op curves: per-call medians of sim.kernels (the live executor's own code) called back to "
+        "back, all points in interleaved rounds, weights rotated over more than the L2 cache; the "
+        "predictor MLP replayed from a CUDA graph as the live executor runs it; launch overhead: one "
+        "trivial eager kernel back to back. "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
         "cpu_gflops: the predictor MLP on the CPU at its largest batch."
     )
@@ -629,6 +653,7 @@ def to_profile(
             link_gbps=most.aggregate_gbps,
             concurrency_factor=sharing,
             curve=CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ()),
+            serial=serial,
         ),
         compute=ComputeProfile(
             launch_overhead_s=result.launch_overhead_s,

@@ -13,7 +13,9 @@ bf16 buffer of ``3*h*i`` elements (fused gate/up rows then down), so a transfer 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,11 +132,13 @@ def router_scores(x: torch.Tensor, gate: torch.Tensor, top_k: int) -> tuple[torc
     return probs.topk(top_k, dim=-1)
 
 
-def new_predictor(shape: ModelShape, device: torch.device) -> torch.nn.Module:
+def new_predictor(
+    shape: ModelShape, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.nn.Module:
     """The paper's Arch-1 predictor MLP (Linear-BatchNorm-GELU-Dropout-Linear) in eval mode.
 
-    Weights keep PyTorch's default random initialisation: timing does not depend on their values. On a GPU
-    it runs in the model's dtype, on the CPU in float32 (bf16 matmuls are slow on most CPUs)."""
+    Weights keep PyTorch's default random initialisation: timing does not depend on their values. Runs in
+    ``dtype`` (default: the model's dtype)."""
     model = torch.nn.Sequential(
         torch.nn.Linear(shape.hidden_size, PREDICTOR_HIDDEN),
         torch.nn.BatchNorm1d(PREDICTOR_HIDDEN),
@@ -142,5 +146,36 @@ def new_predictor(shape: ModelShape, device: torch.device) -> torch.nn.Module:
         torch.nn.Dropout(0.1),
         torch.nn.Linear(PREDICTOR_HIDDEN, shape.num_experts),
     )
-    dt = torch_dtype(shape) if device.type == "cuda" else torch.float32
-    return model.to(device=device, dtype=dt).eval()
+    return model.to(device=device, dtype=dtype or torch_dtype(shape)).eval()
+
+
+class GraphedCall:
+    """``fn(x)`` for inputs shaped like ``example``, replayed from one CUDA graph: a single launch instead
+    of one per kernel, so a small op such as the predictor MLP costs the host almost nothing (a real
+    engine would fuse or graph it too). On the CPU, or for other input shapes, ``fn`` is called directly.
+
+    Replays run on the current stream; the output tensor is reused by every call.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor, pool: Any = None) -> None:
+        self.fn = fn
+        self.graph: Any = None
+        if not example.is_cuda:
+            return
+        self.static_in = example.clone()
+        warm = torch.cuda.Stream(example.device)
+        warm.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(warm):
+            for _ in range(3):
+                fn(self.static_in)
+        torch.cuda.current_stream(example.device).wait_stream(warm)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.static_out = fn(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        if self.graph is None or x.shape != self.static_in.shape:
+            return self.fn(x)
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out

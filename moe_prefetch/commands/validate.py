@@ -1,0 +1,115 @@
+"""``moe-prefetch validate``: run a grid live on the GPU and in the simulator, and compare the two.
+
+The grid (TOML, see sim/validate.py) names the hardware profile (use the calibrated one), the policies,
+cache fractions and, per model shape, the trace that drives it. Writes to DIR: live.parquet and
+sim.parquet (full results, the simulator's record format), validation.md (the table: mean/p50/p99 per
+configuration, both clocks, errors, hit/miss counts, bytes moved), validation.csv and validation.json
+(with policy rankings, live findings and provenance).
+
+--live-only stops after the live runs (for a GPU machine without simpy); --resimulate skips them and
+re-simulates the live results already in DIR, for instance with an improved profile (--hardware):
+checking a model change costs no GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+from traces.fileio import InputError
+
+GIB = 1 << 30
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="compare the simulator with the live GPU executor over a grid of policies and cache sizes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--grid", required=True, metavar="GRID.toml", help="validation grid")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--hardware", help="hardware profile overriding the grid's (preset name or TOML)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--live-only", action="store_true", help="run the live grid only (no simulator)")
+    mode.add_argument(
+        "--resimulate", action="store_true", help="re-simulate DIR/live.parquet instead of running live"
+    )
+    parser.add_argument("--device", default="auto", help="live device: auto, cuda, cuda:N or cpu")
+    parser.add_argument(
+        "--host-budget-gib",
+        type=float,
+        default=8.0,
+        help="pinned host memory for routed experts; beyond it layers share host buffers (default 8)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sim import validate as v
+    from sim.results import read_results, write_results
+
+    grid = v.load_grid(args.grid)
+    hardware = v.profile_for(grid, args.hardware)
+    out = Path(args.out)
+    live_path = out / "live.parquet"
+
+    def say(message: str) -> None:
+        print(f"validate: {message}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    if args.resimulate:
+        live = read_results(live_path)
+        live_meta = {"live_results": str(live_path)}
+    else:
+        from sim.live import LiveOptions
+
+        options = LiveOptions(device=args.device, host_budget_bytes=int(args.host_budget_gib * GIB))
+        live = v.run_live_grid(grid, hardware, options, progress=say)
+        write_results(live, live_path)
+        live_meta = _live_environment(args.device) | {"live_wall_s": time.perf_counter() - started}
+        say(f"live results written to {live_path}")
+        if args.live_only:
+            return 0
+    sim = v.simulate_grid(grid, hardware, progress=say)
+    write_results(sim, out / "sim.parquet")
+    rows = v.expand_resident(v.compare(live, sim), grid.cache_fractions)
+    if not rows:
+        raise InputError(live_path, "no live result matches a grid configuration")
+    ranks = v.rankings(rows)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "grid": str(args.grid),
+        "hardware": hardware.meta.__dict__,
+        "traces": {run.shape: run.trace for run in grid.shapes},
+        **live_meta,
+    }
+    repeats = v.repeatability(live)
+    summary = v.write_outputs(out, rows, ranks, v.live_findings(rows), repeats, meta)
+    for r in repeats:
+        print(
+            f"repeatability: {r['shape']} {r['policy']} at {r['cache_fraction']:g}: "
+            f"{r['first_mean_ms']:.2f} ms, again {r['repeat_mean_ms']:.2f} ms ({r['difference']:+.1%})"
+        )
+    print(v.markdown_table(rows))
+    print(
+        f"{summary['mean_within_5pct']}/{summary['configurations']} configurations with mean within 5%, "
+        f"{summary['p99_within_10pct']} with p99 within 10% (worst mean {summary['max_abs_mean_err']:.1%}, "
+        f"worst p99 {summary['max_abs_p99_err']:.1%}); misses identical: "
+        f"{summary['misses_identical_everywhere']}; rankings identical in {summary['rankings_identical']}/"
+        f"{summary['ranking_groups']}"
+    )
+    return 0
+
+
+def _live_environment(device: str) -> dict[str, str]:
+    import torch
+
+    env = {"torch": torch.__version__, "device": device}
+    if torch.cuda.is_available() and device != "cpu":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Calibration + simulator validation on the GPU machine, in one command; results land in $OUT.
+#
+#   scripts/gpu_validate.sh [GRID.toml]        (default: reports/validation/grid.toml)
+#
+# Environment: OUT (default ./gpu-out), SHAPES (model shapes to calibrate, default the grid's three),
+# HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
+# machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
+# into /tmp/site here; without it the live runs still happen (--live-only) and the comparison can be
+# redone anywhere with `moe-prefetch validate --resimulate`.
+# Leaves at most 8 files in $OUT: h200.toml, calibration.json, log.txt and validation/{live,sim}.parquet,
+# validation.{md,csv,json}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRID=${1:-reports/validation/grid.toml}
+OUT=${OUT:-gpu-out}
+SHAPES=${SHAPES:-"qwen3-30b-a3b deepseek-v2-lite mixtral-8x7b"}
+HOST_BUDGET_GIB=${HOST_BUDGET_GIB:-8}
+mkdir -p "$OUT/validation"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+MODE=()
+python3 -c "import simpy" 2>/dev/null || MODE=(--live-only)
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
+    SECONDS=0
+    shape_args=()
+    for s in $SHAPES; do shape_args+=(--model-shape "$s"); done
+    python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
+        --out "$OUT/h200.toml" --raw "$OUT/calibration.json"
+    echo "calibration took ${SECONDS}s"
+    SECONDS=0
+    python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
+        --host-budget-gib "$HOST_BUDGET_GIB" "${MODE[@]}"
+    echo "validation took ${SECONDS}s"
+} 2>&1 | tee "$OUT/log.txt"

@@ -1,0 +1,846 @@
+"""The live clock: offloaded MoE decode on a real GPU, driven by the simulator's own decision objects.
+
+``run_live`` replays a trace token by token with real tensors of a real model's shape: attention weights,
+KV caches, norms, routers, shared experts and dense MLPs resident on the GPU; routed experts in pinned host
+memory; a fixed number of GPU expert slots; host-to-device copies on ``engines`` copy streams; compute
+on one stream with the SwiGLU kernels of ``sim.kernels``. Which expert is fetched, into which slot, and
+what is a hit or a miss is decided by the very ``DecodeController`` (cache, eviction, policy) that the
+SimPy engine drives: this module only decides *when*, as the real hardware dictates. Routing and
+predictions come from the trace; the predictor and router kernels still run for their cost.
+
+Host-side scheduling mirrors the simulator's link model (sim.link):
+
+- every transfer the controller returns is *gated* by a CUDA event at its logical issue point (layer
+  start, prediction ready, router, layer end); the host starts it only once that event has passed on the
+  GPU, so a host running ahead of the GPU never issues early;
+- at most ``engines`` copies are in flight (one per copy stream); started copies run to completion;
+  waiting ones are started in ``(priority, seq)`` order, demand loads first, and a late prefetch needed
+  by the router is promoted to demand priority; a copy into a slot whose previous copy has not landed
+  waits outside the queue, as in the simulator;
+- the MoE block runs shared experts, then hits in router order, then the other experts in the order
+  their copies land (started copies in start order, then waiting ones in queue order);
+- the host polls copy completions (``transfer_finished``) between kernel launches and while it waits,
+  and stays at most one MoE layer ahead of the GPU.
+
+A copy into a slot needs no wait for the slot's last reader: the controller evicts only entries whose
+layer has ended, and every gate is recorded on the compute stream after that layer's experts.
+
+Per-step latency is measured with CUDA events on the compute stream (back to back: a step's latency is
+the time from the previous step's end); the optional timeline records compute and copy intervals of the
+first steps with extra events. On ``device="cpu"`` the same code runs synchronously (no streams, every
+copy lands when issued): a test vehicle whose hit/miss decisions must equal the simulator's.
+
+Simplifications (they change timing a little and are documented in the validation README): no embedding,
+LM head or sampling (``step_overhead_s`` = 0 as in the simulator's default); a step of several tokens runs
+attention at the mean context and each expert on the first ``n`` rows (no gather/scatter kernels).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sim.cache import CacheConfig
+from sim.config import RunConfig, SimOptions, trace_fingerprint
+from sim.controller import HIT, LATE, DecodeController, FetchRequest, run_decisions
+from sim.costs import CostModel
+from sim.hardware import HardwareProfile
+from sim.policies import LAYER_START, ROUTER, Policy, PolicySpec, make_policy
+from sim.results import SimResult
+from sim.simulation import check_compatible, timing_estimates
+from sim.workload import Workload
+from traces.fileio import InputError
+from traces.schema import ModelShape
+from traces.trace import Trace
+
+if TYPE_CHECKING:
+    import torch
+
+GIB = 1 << 30
+#: GPU memory kept free for activations, cuBLAS workspaces and the allocator's slack
+GPU_MARGIN_BYTES = GIB
+#: host memory left to the rest of the machine when pinning expert buffers
+HOST_MARGIN_BYTES = 4 * GIB
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """Knobs of the live executor that the simulator does not have.
+
+    ``device``: "auto" (cuda if available), "cuda", "cuda:N" or "cpu" (synchronous test vehicle);
+    ``host_budget_bytes``: pinned host memory for routed experts; beyond it, (layer, expert) pairs share
+    host buffers modulo the buffer count (copies stay real copies of ``bytes_per_expert`` bytes);
+    ``warmup_steps``: steps decoded once before the measured run (GPU warm-up; decisions then restart);
+    ``seed``: random weights.
+    """
+
+    device: str = "auto"
+    host_budget_bytes: int = 8 * GIB
+    warmup_steps: int = 2
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes one live run needs, computed before anything is allocated."""
+
+    slots: int
+    slot_bytes: int
+    resident_bytes: int
+    host_buffers: int
+
+    @property
+    def gpu_bytes(self) -> int:
+        return self.slots * self.slot_bytes + self.resident_bytes + GPU_MARGIN_BYTES
+
+    @property
+    def pinned_bytes(self) -> int:
+        return self.host_buffers * self.slot_bytes
+
+
+def resident_bytes(shape: ModelShape, batch: int, max_context: int, predictor: bool) -> int:
+    """GPU bytes of everything but the routed-expert slots: attention, KV caches, norms, routers, shared
+    experts, dense MLPs and (if used) one predictor MLP per MoE layer."""
+    from_kernels = _attention_elements(shape, batch, max_context)
+    h, e = shape.hidden_size, shape.num_experts
+    per_moe = h * e + 3 * h * shape.shared_intermediate_size * (shape.num_shared_experts > 0)
+    if predictor:
+        per_moe += h * 2048 + 2048 * e + 6 * 2048 + e
+    per_dense = 3 * h * shape.dense_intermediate_size
+    elements = (
+        shape.num_layers * from_kernels + shape.num_moe_layers * per_moe + len(shape.dense_layers) * per_dense
+    )
+    return elements * shape.dtype_bytes
+
+
+def _attention_elements(shape: ModelShape, batch: int, max_context: int) -> int:
+    heads = shape.num_attention_heads or max(1, shape.hidden_size // 128)
+    kv_heads = shape.num_key_value_heads or heads
+    head_dim = shape.head_dim or shape.hidden_size // heads
+    h = shape.hidden_size
+    weights = (heads + 2 * kv_heads) * head_dim * h + h * heads * head_dim + 2 * h
+    return weights + 2 * batch * kv_heads * max_context * head_dim
+
+
+def plan_memory(
+    shape: ModelShape,
+    slots: int,
+    transfers: bool,
+    batch: int,
+    max_context: int,
+    predictor: bool,
+    host_budget_bytes: int,
+) -> MemoryPlan:
+    """How many slots and host buffers a run gets and what they weigh (``transfers``: any copy at all)."""
+    all_experts = shape.num_moe_layers * shape.num_experts
+    host = min(all_experts, max(1, host_budget_bytes // shape.bytes_per_expert)) if transfers else 0
+    return MemoryPlan(
+        slots, shape.bytes_per_expert, resident_bytes(shape, batch, max_context, predictor), host
+    )
+
+
+def check_memory(plan: MemoryPlan, shape: ModelShape, free_gpu_bytes: int, free_host_bytes: int) -> None:
+    """Refuse, with one line, a run that would not fit (before allocating anything)."""
+    if plan.gpu_bytes > free_gpu_bytes:
+        raise InputError(
+            shape.name,
+            f"live run needs {plan.gpu_bytes / GIB:.1f} GiB of GPU memory ({plan.slots} expert slots x "
+            f"{plan.slot_bytes / 2**20:.1f} MiB + {plan.resident_bytes / GIB:.1f} GiB resident weights and "
+            f"KV cache + {GPU_MARGIN_BYTES / GIB:.0f} GiB margin) but only {free_gpu_bytes / GIB:.1f} GiB "
+            "are free",
+        )
+    if plan.pinned_bytes + HOST_MARGIN_BYTES > free_host_bytes:
+        raise InputError(
+            shape.name,
+            f"live run needs {plan.pinned_bytes / GIB:.1f} GiB of pinned host memory ({plan.host_buffers} "
+            f"expert buffers) plus {HOST_MARGIN_BYTES / GIB:.0f} GiB margin but only "
+            f"{free_host_bytes / GIB:.1f} GiB are available (lower --host-budget)",
+        )
+
+
+def available_host_bytes() -> int:
+    """MemAvailable from /proc/meminfo (or a large number where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
+
+
+# ---------------------------------------------------------------------------------------------- device
+
+
+class _Device:
+    """Streams and events on a GPU; on the CPU a synchronous stand-in (markers are host timestamps)."""
+
+    def __init__(self, torch_device: torch.device, engines: int) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch_device
+        self.cuda = torch_device.type == "cuda"
+        if self.cuda:
+            self.compute = torch.cuda.current_stream(torch_device)
+            self.side = torch.cuda.Stream(device=torch_device)
+            self.copy = [torch.cuda.Stream(device=torch_device) for _ in range(engines)]
+        else:
+            self.compute = self.side = None
+            self.copy = [None] * engines
+
+    def marker(self, stream: Any = None, timing: bool = False) -> Any:
+        """An event recorded now on ``stream`` (default: compute); timing events only where elapsed
+        times are read (they cost more)."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = self.torch.cuda.Event(enable_timing=timing)
+        event.record(stream or self.compute)
+        return event
+
+    def passed(self, marker: Any) -> bool:
+        return True if not self.cuda else marker.query()
+
+    def wait(self, stream: Any, marker: Any) -> None:
+        if self.cuda:
+            stream.wait_event(marker)
+
+    def use(self, stream: Any) -> None:
+        """Make ``stream`` current (cheaper than the torch.cuda.stream context manager)."""
+        if self.cuda:
+            self.torch.cuda.set_stream(stream)
+
+    def issue_copy(self, engine: int, dst: Any, src: Any, timing: bool = False) -> tuple[Any, Any]:
+        """Copy ``src`` (pinned host) into ``dst`` (a GPU slot) on copy engine ``engine``; returns the
+        (start, done) markers (start is None unless ``timing``). Calibration times exactly this."""
+        if not self.cuda:
+            start = time.perf_counter()
+            dst.copy_(src)
+            return start, time.perf_counter()
+        stream = self.copy[engine]
+        self.torch.cuda.set_stream(stream)
+        start = self.marker(stream, True) if timing else None
+        dst.copy_(src, non_blocking=True)
+        done = self.marker(stream, timing)
+        self.torch.cuda.set_stream(self.compute)
+        return start, done
+
+    def elapsed_s(self, start: Any, end: Any) -> float:
+        return start.elapsed_time(end) / 1e3 if self.cuda else end - start
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+
+# ---------------------------------------------------------------------------------------------- copies
+
+PENDING, STARTED, LANDED = range(3)
+
+
+class _Gate:
+    """A logical issue point's CUDA event; remembers once it has passed."""
+
+    __slots__ = ("done", "marker")
+
+    def __init__(self, marker: Any) -> None:
+        self.marker = marker
+        self.done = False
+
+
+class _Transfer:
+    __slots__ = ("done", "engine", "gate", "previous", "priority", "request", "seq", "start", "state")
+
+    def __init__(self, request: FetchRequest, gate: _Gate, previous: _Transfer | None) -> None:
+        self.request = request
+        self.priority = request.priority
+        self.seq = request.seq
+        self.gate = gate
+        self.previous = previous  # the last transfer into the same slot, until it has landed
+        self.state = PENDING
+        self.engine = -1
+        self.start: Any = None
+        self.done: Any = None
+
+
+class _CopyQueue:
+    """Host-side copy scheduling that mirrors sim.link (see the module docstring)."""
+
+    def __init__(
+        self,
+        dev: _Device,
+        slots: list[torch.Tensor],
+        host: list[torch.Tensor],
+        on_landed: Callable[[FetchRequest], None],
+        timeline: _LiveTimeline,
+    ) -> None:
+        self.dev = dev
+        self.slots = slots
+        self.host = host
+        self.on_landed = on_landed
+        self.timeline = timeline
+        self.engines: list[_Transfer | None] = [None] * len(dev.copy)
+        self.pending: list[tuple[int, int, _Transfer]] = []
+        self.by_seq: dict[int, _Transfer] = {}
+        self.last_in_slot: dict[int, _Transfer] = {}
+        self.started: list[_Transfer] = []  # in start order, until landed
+        self.transfers = 0
+
+    def submit(self, requests: list[FetchRequest], gate: _Gate) -> None:
+        for request in requests:
+            previous = self.last_in_slot.get(request.slot)
+            transfer = _Transfer(request, gate, previous if previous and previous.state != LANDED else None)
+            self.last_in_slot[request.slot] = transfer
+            self.by_seq[request.seq] = transfer
+            heapq.heappush(self.pending, (transfer.priority, transfer.seq, transfer))
+            if transfer.previous is not None and transfer.priority < transfer.previous.priority:
+                self.promote_transfer(transfer.previous, transfer.priority)
+        self.pump()
+
+    def promote(self, requests: list[FetchRequest]) -> None:
+        """Late prefetches the router needs now go at demand priority."""
+        for request in requests:
+            transfer = self.by_seq.get(request.seq)
+            if transfer is not None:
+                self.promote_transfer(transfer, 0)
+
+    def promote_transfer(self, transfer: _Transfer, priority: int) -> None:
+        while transfer is not None and transfer.state == PENDING and priority < transfer.priority:
+            transfer.priority = priority
+            heapq.heappush(self.pending, (priority, transfer.seq, transfer))
+            transfer = transfer.previous
+
+    def pump(self) -> None:
+        """Collect landed copies, then start waiting ones on free engines (best first, if eligible)."""
+        dev = self.dev
+        engines = self.engines
+        for i, transfer in enumerate(engines):
+            if transfer is not None and dev.passed(transfer.done):
+                transfer.state = LANDED
+                engines[i] = None
+                self.started.remove(transfer)
+                self.by_seq.pop(transfer.seq, None)
+                self.on_landed(transfer.request)
+        if not self.pending or None not in engines:
+            return
+        skipped = []
+        pending = self.pending
+        while pending and None in engines:
+            priority, _, transfer = heapq.heappop(pending)
+            if transfer.state != PENDING or priority != transfer.priority:
+                continue  # stale heap entry
+            if not self._eligible(transfer):
+                skipped.append((priority, transfer.seq, transfer))
+                continue
+            self._start(transfer, engines.index(None))
+        for item in skipped:
+            heapq.heappush(pending, item)
+
+    def _eligible(self, transfer: _Transfer) -> bool:
+        previous = transfer.previous
+        if previous is not None:
+            if previous.state != LANDED:
+                return False
+            transfer.previous = None
+        gate = transfer.gate
+        if not gate.done:
+            gate.done = self.dev.passed(gate.marker)
+        return gate.done
+
+    def _start(self, transfer: _Transfer, engine: int) -> None:
+        request = transfer.request
+        transfer.start, transfer.done = self.dev.issue_copy(
+            engine, self.slots[request.slot], self.host[request.key % len(self.host)], self.timeline.on
+        )
+        transfer.state = STARTED
+        transfer.engine = engine
+        self.engines[engine] = transfer
+        self.started.append(transfer)
+        self.transfers += 1
+        if self.timeline.on:
+            self.timeline.copy(transfer)
+
+    def wait_started(self, transfer: _Transfer) -> None:
+        """Spin (polling) until ``transfer`` is on an engine."""
+        while transfer.state == PENDING:
+            self.pump()
+
+    def wait_until(self, marker: Any) -> None:
+        """Spin (polling) until the GPU passed ``marker``."""
+        dev = self.dev
+        while not dev.passed(marker):
+            self.pump()
+
+    def drain(self) -> None:
+        while self.pending or any(t is not None for t in self.engines):
+            self.pump()
+
+    def landing_order(self, requests: list[FetchRequest]) -> list[int]:
+        """Indices of ``requests`` in the order their copies will land."""
+        started = {t.seq: i for i, t in enumerate(self.started)}
+
+        def rank(i: int) -> tuple[int, int, int]:
+            transfer = self.by_seq.get(requests[i].seq)
+            if transfer is None:
+                return (-1, 0, 0)  # landed meanwhile
+            if transfer.state == STARTED:
+                return (0, started[transfer.seq], 0)
+            return (1, transfer.priority, transfer.seq)
+
+        return sorted(range(len(requests)), key=rank)
+
+
+# ---------------------------------------------------------------------------------------------- timeline
+
+
+class _LiveTimeline:
+    """Compute and copy intervals of the first steps, as markers resolved to seconds at the end."""
+
+    def __init__(self, dev: _Device, steps: int, limit: int) -> None:
+        self.dev = dev
+        self.steps = steps
+        self.limit = limit
+        self.on = steps > 0
+        self.origin: Any = None
+        self.marks: list[tuple[str, str, Any, Any, int, int]] = []
+        self.copies: list[_Transfer] = []
+
+    def op(self, lane: str, kind: str, start: Any, end: Any, layer: int = -1, expert: int = -1) -> None:
+        if self.on and len(self.marks) + len(self.copies) < self.limit:
+            self.marks.append((lane, kind, start, end, layer, expert))
+
+    def copy(self, transfer: _Transfer) -> None:
+        if len(self.marks) + len(self.copies) < self.limit:
+            self.copies.append(transfer)
+
+    def intervals(self) -> list[tuple[str, str, float, float, int, int]] | None:
+        if self.steps <= 0:
+            return None
+        el = self.dev.elapsed_s
+        out = [
+            (lane, kind, el(self.origin, a), el(self.origin, b), j, e)
+            for lane, kind, a, b, j, e in self.marks
+        ]
+        for t in self.copies:
+            r = t.request
+            kind = "demand" if r.demand else ("prefetch" if t.priority else "late prefetch")
+            out.append(
+                (
+                    f"copy{t.engine}",
+                    kind,
+                    el(self.origin, t.start),
+                    el(self.origin, t.done),
+                    r.layer,
+                    r.expert,
+                )
+            )
+        return sorted(out, key=lambda i: (i[2], i[0]))
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+class LiveModel:
+    """One model shape's GPU-side state: weights, KV caches, expert slots and pinned host experts.
+
+    Built once per shape with the most slots any run will need; runs use a prefix of the slots.
+    """
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        slots: int,
+        host_buffers: int,
+        batch: int,
+        max_context: int,
+        predictor: bool,
+        engines: int,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        from sim import kernels
+
+        self.shape = shape
+        self.torch = torch
+        self.dev = _Device(device, engines)
+        self.batch = batch
+        self.max_context = max_context
+        dt = kernels.torch_dtype(shape)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        h = shape.hidden_size
+        moe = set(shape.moe_layers)
+
+        def rand(*size: int) -> torch.Tensor:
+            return (torch.randn(*size, generator=gen, device=device) * h**-0.5).to(dt)
+
+        self.attention = [
+            kernels.new_attention(shape, batch, max_context, device, gen) for _ in range(shape.num_layers)
+        ]
+        self.gates = [rand(shape.num_experts, h) for _ in shape.moe_layers]
+        self.shared = (
+            [rand(kernels.expert_elements(h, shape.shared_intermediate_size)) for _ in shape.moe_layers]
+            if shape.num_shared_experts
+            else []
+        )
+        self.dense = {
+            d: rand(
+                kernels.expert_elements(h, shape.dense_intermediate_size or shape.expert_intermediate_size)
+            )
+            for d in range(shape.num_layers)
+            if d not in moe
+        }
+        predictors = [kernels.new_predictor(shape, device) for _ in shape.moe_layers] if predictor else []
+        pool = torch.cuda.graph_pool_handle() if self.dev.cuda and predictors else None
+        example = rand(batch, h)
+        # the predictor replays from a CUDA graph (one launch), as calibration times it
+        self.predict = [kernels.GraphedCall(p, example, pool) for p in predictors]
+        elements = kernels.expert_elements(h, shape.expert_intermediate_size)
+        self.slots = torch.empty(max(slots, 1), elements, dtype=dt, device=device)
+        for chunk in self.slots.split(max(1, GIB // (elements * 2))):
+            chunk.uniform_(-(h**-0.5), h**-0.5, generator=gen)
+        self.host = torch.empty(max(host_buffers, 1), elements, dtype=dt, pin_memory=self.dev.cuda)
+        for i in range(self.host.shape[0]):
+            self.host[i].copy_(self.slots[i % self.slots.shape[0]])
+        self.dev.synchronize()
+        # one view per slot and host buffer, made once: indexing per copy costs host time
+        self.slot_views = list(self.slots.unbind(0))
+        self.host_views = list(self.host.unbind(0))
+
+
+def open_model(
+    shape: ModelShape,
+    slots: int,
+    transfers: bool,
+    batch: int,
+    max_context: int,
+    predictor: bool,
+    engines: int,
+    live: LiveOptions,
+) -> LiveModel:
+    """Plan memory, refuse with one line if it does not fit, then build the LiveModel."""
+    device = resolve_device(live.device)
+    plan = plan_memory(shape, slots, transfers, batch, max_context, predictor, live.host_budget_bytes)
+    check_memory(plan, shape, _free_gpu_bytes(device), available_host_bytes())
+    return LiveModel(
+        shape, plan.slots, plan.host_buffers, batch, max_context, predictor, engines, device, live.seed
+    )
+
+
+def _free_gpu_bytes(device: torch.device) -> int:
+    import torch
+
+    if device.type != "cuda":
+        return 1 << 50
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(name, "no CUDA device is available (use --device cpu for a functional run)")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def prepare(
+    trace: Trace, shape: ModelShape, policy: PolicySpec, cache: CacheConfig, options: SimOptions
+) -> tuple[Workload, Policy, int]:
+    """Workload, policy object and the number of slots the run uses (a clockless dry run of the
+    decisions: in no-cache mode the staging slots in use at once)."""
+    check_compatible(trace, shape)
+    if options.predictor_device != "gpu":
+        raise InputError(policy.label(), "the live executor runs predictors on the GPU only")
+    if options.host_memory != "pinned":
+        raise InputError(policy.label(), "the live executor copies from pinned host memory only")
+    policy_obj = make_policy(policy, trace.top_k)
+    workload = Workload(trace, options.batching(), policy_obj.sources)
+    dry = DecodeController(workload, make_policy(policy, trace.top_k), cache)
+    run_decisions(dry)
+    slots = shape.num_moe_layers * shape.num_experts if policy_obj.resident else dry.cache.num_slots
+    return workload, policy_obj, slots
+
+
+def run_live(
+    model: LiveModel,
+    trace: Trace,
+    hardware: HardwareProfile,
+    cache: CacheConfig,
+    policy: PolicySpec,
+    options: SimOptions | None = None,
+    live: LiveOptions | None = None,
+) -> SimResult:
+    """Decode ``trace`` on ``model`` with one cache and policy; returns a SimResult with clock="live".
+
+    The result's config equals the simulator's for the same inputs (same key), so the two line up.
+    """
+    options = options or SimOptions()
+    live = live or LiveOptions()
+    started = time.perf_counter()
+    shape = model.shape
+    workload, policy_obj, slots = prepare(trace, shape, policy, cache, options)
+    if slots > model.slots.shape[0]:
+        raise InputError(shape.name, f"run needs {slots} slots but the live model has {model.slots.shape[0]}")
+    costs = CostModel(shape, hardware, options.compute_scale)
+    estimates = timing_estimates(policy_obj, costs, options)
+    torch = model.torch
+    with torch.inference_mode():
+        if live.warmup_steps:
+            warm = DecodeController(workload, make_policy(policy, trace.top_k), cache, estimates)
+            _Decode(model, warm, options, 0, live.warmup_steps).run()
+        controller = DecodeController(workload, policy_obj, cache, estimates)
+        decode = _Decode(model, controller, options, options.timeline_steps, workload.num_steps)
+        step_latency, stall = decode.run()
+    counters = controller.finish()
+    step_of_token = workload.step_of_token
+    decode_mask = workload.decode_token_mask() & (step_of_token >= options.warmup_steps)
+    total = float(step_latency.sum())
+    copy = hardware.copy
+    return SimResult(
+        config=RunConfig(trace_fingerprint(trace), shape, hardware, cache, policy, options),
+        clock="live",
+        token_latency_s=step_latency[step_of_token] if len(step_of_token) else np.zeros(0),
+        decode_token=decode_mask,
+        step_latency_s=step_latency,
+        stall_s=stall,
+        hits=np.asarray(counters.hits, dtype=np.int64),
+        late=np.asarray(counters.late, dtype=np.int64),
+        misses=np.asarray(counters.misses, dtype=np.int64),
+        total_s=total,
+        compute_s=total - float(stall.sum()),
+        bytes_moved=float(decode.queue.transfers * shape.bytes_per_expert),
+        link_busy_s=float("nan"),
+        link_capacity_bps=copy.shared_capacity_bps(shape.bytes_per_expert, True),
+        counters={
+            "demand_loads": counters.demand_loads,
+            "prefetches_issued": counters.prefetches_issued,
+            "prefetches_present": counters.prefetches_present,
+            "prefetches_dropped": counters.prefetches_dropped,
+            "wasted": counters.wasted,
+            "evictions": counters.evictions,
+            "transfers": counters.transfers,
+            "cache_slots": controller.cache.num_slots,
+            "slots_used": counters.slots_used,
+            "live_transfers": decode.queue.transfers,
+        },
+        timeline=decode.timeline.intervals(),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+class _Decode:
+    """One pass of the decode loop over steps ``[0, num_steps)`` with one controller."""
+
+    def __init__(
+        self,
+        model: LiveModel,
+        controller: DecodeController,
+        options: SimOptions,
+        timeline_steps: int,
+        num_steps: int,
+    ) -> None:
+        self.model = model
+        self.controller = controller
+        self.num_steps = min(num_steps, controller.workload.num_steps)
+        self.dev = model.dev
+        self.timeline = _LiveTimeline(self.dev, timeline_steps, options.max_timeline_intervals)
+        self.queue = _CopyQueue(
+            self.dev, model.slot_views, model.host_views, controller.transfer_finished, self.timeline
+        )
+        # per MoE layer: compute-stream markers around each wait for a copy (recorded with the timeline)
+        self.waits: list[list[tuple[Any, Any]]] = [[] for _ in range(model.shape.num_moe_layers)]
+
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        """Decode; returns per-step latency and per-MoE-layer copy-wait stall (seconds; NaN where the
+        timeline was off, since measuring waits costs events)."""
+        from sim import kernels
+
+        model, controller, dev, queue = self.model, self.controller, self.dev, self.queue
+        torch = model.torch
+        shape = model.shape
+        h = shape.hidden_size
+        inter = shape.expert_intermediate_size
+        dense_inter = shape.dense_intermediate_size or inter
+        policy = controller.policy
+        issue_point = policy.issue_point
+        mlp = policy.predictor_kind == "mlp"
+        gate_pred = policy.predictor_kind == "gate"
+        moe_index = {d: j for j, d in enumerate(shape.moe_layers)}
+        num_moe = shape.num_moe_layers
+        submit, pump, timeline = queue.submit, queue.pump, self.timeline
+        marker = dev.marker
+        gen = torch.Generator(device=dev.device).manual_seed(1)
+        x_all = (torch.randn(model.batch, h, generator=gen, device=dev.device) * 0.1).to(model.slots.dtype)
+        boundaries = [marker(timing=True)]
+        timeline.origin = boundaries[0]
+        router_marks: list[Any] = []
+        for s in range(self.num_steps):
+            if timeline.on and s >= timeline.steps:
+                timeline.on = False
+            tl = timeline.on
+            requests = controller.begin_step(s)
+            if requests:
+                submit(requests, _Gate(boundaries[-1]))
+            step = controller.step
+            n = step.num_tokens
+            context = max(1, min(model.max_context, step.context_total // n))
+            x = x_all[:n]
+            for d in range(shape.num_layers):
+                att = model.attention[d]
+                j = moe_index.get(d)
+                if j is None:
+                    t0 = marker(timing=True) if tl else None
+                    xn = kernels.rms_norm(x, att.input_norm)
+                    x.add_(kernels.attention(xn, att, shape, context))
+                    hn = kernels.rms_norm(x, att.post_norm)
+                    x.add_(kernels.swiglu(hn, model.dense[d], h, dense_inter))
+                    if tl:
+                        timeline.op("compute", "dense layer", t0, marker(timing=True))
+                    pump()
+                    continue
+                if len(router_marks) >= 2:
+                    queue.wait_until(router_marks[-2])  # stay at most one MoE layer ahead of the GPU
+                t0 = marker(timing=True) if tl else None
+                xn = kernels.rms_norm(x, att.input_norm)
+                ls = _Gate(marker(timing=tl)) if tl or issue_point == LAYER_START else None
+                requests = controller.layer_start(j)
+                if requests:
+                    ls = ls or _Gate(marker())
+                    submit(requests, ls)
+                if tl:
+                    timeline.op("compute", "norm", t0, ls.marker, j)
+                if issue_point == LAYER_START:
+                    pred = ls
+                    if mlp:
+                        dev.wait(dev.side, ls.marker)
+                        dev.use(dev.side)
+                        model.predict[j](xn)
+                        pred = _Gate(marker(dev.side, timing=tl))
+                        dev.use(dev.compute)
+                        if tl:
+                            timeline.op("predictor", "predict", ls.marker, pred.marker, j)
+                    requests = controller.prediction_ready(j)
+                    if requests:
+                        submit(requests, pred)
+                x.add_(kernels.attention(xn, att, shape, context))
+                t1 = marker(timing=True) if tl else None
+                pump()
+                hn = kernels.rms_norm(x, att.post_norm)
+                kernels.router_scores(hn, model.gates[j], shape.top_k)
+                rt = _Gate(marker(timing=tl))
+                router_marks.append(rt.marker)
+                if tl:
+                    timeline.op("compute", "attention", ls.marker, t1, j)
+                    timeline.op("compute", "router", t1, rt.marker, j)
+                decision = controller.router(j)
+                if decision.late:
+                    queue.promote(decision.late)
+                if decision.demands:
+                    submit(decision.demands, rt)
+                if decision.prefetches:
+                    submit(decision.prefetches, rt)
+                if issue_point == ROUTER and j + 1 < num_moe:
+                    pred = rt
+                    if gate_pred:
+                        dev.wait(dev.side, rt.marker)
+                        dev.use(dev.side)
+                        kernels.router_scores(hn, model.gates[j + 1], shape.top_k)
+                        pred = _Gate(marker(dev.side))
+                        dev.use(dev.compute)
+                    requests = controller.prediction_ready(j + 1)
+                    if requests:
+                        submit(requests, pred)
+                if model.shared:
+                    t0 = marker(timing=True) if tl else None
+                    out = kernels.swiglu(hn, model.shared[j], h, shape.shared_intermediate_size)
+                    if tl:
+                        timeline.op("compute", "shared experts", t0, marker(timing=True), j)
+                else:
+                    out = torch.zeros_like(hn)
+                status = decision.status
+                for i, st in enumerate(status):
+                    if st == HIT:
+                        self._expert(out, hn, n, decision, i, j, inter)
+                if len(decision.demands) + len(decision.late):
+                    self._waiting_experts(out, hn, n, decision, j, inter)
+                x.add_(out)
+                requests = controller.layer_end(j)
+                if requests:
+                    submit(requests, _Gate(marker()))
+            controller.end_step()
+            boundaries.append(marker(timing=True))
+        queue.drain()
+        dev.synchronize()
+        el = dev.elapsed_s
+        steps = np.array([el(a, b) for a, b in itertools.pairwise(boundaries)], dtype=np.float64)
+        measured = self.timeline.steps >= self.num_steps
+        stall = np.array(
+            [sum(el(a, b) for a, b in w) if measured else float("nan") for w in self.waits], dtype=np.float64
+        )
+        return steps, stall
+
+    def _waiting_experts(self, out: Any, hn: Any, n: int, decision: Any, j: int, inter: int) -> None:
+        """Experts whose copies have not landed, in landing order, each behind a wait for its copy."""
+        queue, dev, tl = self.queue, self.dev, self.timeline.on
+        waiting = [i for i, st in enumerate(decision.status) if st != HIT]
+        requests = _requests_of(decision, waiting)
+        for w in queue.landing_order(requests):
+            i = waiting[w]
+            transfer = queue.by_seq.get(requests[w].seq)
+            if transfer is not None:
+                queue.wait_started(transfer)
+                if transfer.state != LANDED:
+                    before = dev.marker(timing=True) if tl else None
+                    dev.wait(dev.compute, transfer.done)
+                    if tl:
+                        self.waits[j].append((before, dev.marker(timing=True)))
+            self._expert(out, hn, n, decision, i, j, inter)
+
+    def _expert(self, out: Any, hn: Any, n: int, decision: Any, i: int, j: int, inter: int) -> None:
+        from sim import kernels
+
+        dev, timeline = self.dev, self.timeline
+        t0 = dev.marker(timing=True) if timeline.on else None
+        tokens = decision.tokens[i]
+        if tokens < n:
+            out, hn = out[:tokens], hn[:tokens]
+        slot = self.model.slot_views[decision.slots[i]]
+        kernels.expert_into(out, hn, slot, self.model.shape.hidden_size, inter, 1.0)
+        if timeline.on:
+            timeline.op("compute", "expert", t0, dev.marker(timing=True), j, decision.experts[i])
+        self.queue.pump()
+
+
+def _requests_of(decision: Any, waiting: list[int]) -> list[FetchRequest]:
+    """The outstanding request of each non-hit expert (late: its prefetch; miss: its demand load)."""
+    late = iter(decision.late)
+    demands = iter(decision.demands)
+    return [next(late) if decision.status[i] == LATE else next(demands) for i in waiting]
+
+
+__all__ = [
+    "LiveModel",
+    "LiveOptions",
+    "MemoryPlan",
+    "check_memory",
+    "plan_memory",
+    "prepare",
+    "run_live",
+]

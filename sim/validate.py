@@ -1,0 +1,483 @@
+"""Validation of the simulator against the live GPU executor: same inputs, two clocks, one table.
+
+A grid (TOML) names a hardware profile, policies, cache fractions and, per model shape, the trace that
+drives it::
+
+    [validate]
+    hardware = "reports/validation/h200.toml"   # a preset name or a profile file (the calibrated one)
+    policies = ["on-demand", "pre-attention", "cross-layer", "previous-token", "oracle", "resident"]
+    cache_fractions = [0.1, 0.25, 0.5]
+    eviction = "lru"
+    warmup_steps = 4          # leading steps left out of both summaries (cold cache, GPU warm-up)
+    timeline_steps = 0
+
+    [[validate.shapes]]
+    shape = "qwen3-30b-a3b"   # a known shape key or an HF config.json
+    trace = "traces/data/qwen3-like.parquet"   # or "synthetic" (marked so in every output)
+    tokens = 128              # the first N tokens of the trace
+
+A trace of another model is retargeted onto the shape (sim.retarget: layers and experts modulo). The
+``resident`` policy ignores the cache size: it runs once per shape and appears under every cache size.
+
+``run_live_grid`` (GPU, torch) produces live results; ``simulate_grid`` replays the very same
+configurations in the simulator; ``compare`` lines them up by run key: mean/p50/p99 latency of both
+clocks and their errors, hit/late/miss counts (misses must be identical), bytes moved; ``rankings`` checks
+that both clocks order the policies the same way in every (shape, cache size), and ``live_findings``
+states what the live run shows on its own (speed-up of pre-attention over on-demand, distance to oracle
+and resident). Re-simulating saved live results needs no GPU: improving the model costs no device time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.cache import CacheConfig
+from sim.config import SimOptions
+from sim.hardware import HardwareProfile, load_profile
+from sim.policies import PolicySpec
+from sim.results import SimResult
+from sim.retarget import retarget_trace
+from traces.fileio import InputError, write_text_atomic
+from traces.schema import ModelShape
+from traces.trace import Trace, read_trace
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SYNTHETIC = "synthetic"
+DEFAULT_POLICIES = ("on-demand", "pre-attention", "cross-layer", "previous-token", "oracle", "resident")
+#: tokens of the discarded burn-in run per shape, and the clock label of repeated runs
+BURN_IN_TOKENS = 8
+REPEAT_CLOCK = "live-repeat"
+#: fidelity targets of issue 6
+MEAN_TARGET = 0.05
+P99_TARGET = 0.10
+
+
+@dataclass(frozen=True)
+class ShapeRun:
+    """One model shape and the trace that drives it (first ``tokens`` tokens)."""
+
+    shape: str
+    trace: str
+    tokens: int = 128
+
+
+@dataclass(frozen=True)
+class Grid:
+    hardware: str
+    shapes: tuple[ShapeRun, ...]
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    cache_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
+    eviction: str = "lru"
+    warmup_steps: int = 4
+    timeline_steps: int = 0
+
+    def options(self) -> SimOptions:
+        return SimOptions(warmup_steps=self.warmup_steps, timeline_steps=self.timeline_steps)
+
+    def cache(self, fraction: float) -> CacheConfig:
+        return CacheConfig(fraction=fraction, eviction=self.eviction)
+
+
+def load_grid(path: str | os.PathLike[str]) -> Grid:
+    """Read a grid TOML; one-line InputError naming the file on anything malformed."""
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))["validate"]
+        shapes = tuple(ShapeRun(**s) for s in doc.pop("shapes"))
+        grid = Grid(
+            shapes=shapes,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()},
+        )
+    except FileNotFoundError:
+        raise InputError(path, "no such grid file") from None
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(path, f"not a validation grid ({type(exc).__name__}: {exc})") from None
+    for name in grid.policies:
+        PolicySpec.parse(name)
+    if not grid.shapes:
+        raise InputError(path, "the grid names no shapes")
+    return grid
+
+
+def shape_trace(run: ShapeRun, base_dir: str | os.PathLike[str] = ".") -> tuple[ModelShape, Trace]:
+    """The shape and the trace that drives it: read (or generate), retargeted, cut to ``tokens``."""
+    from traces.shapes import resolve_shape
+
+    shape = resolve_shape(run.shape)
+    if run.trace == SYNTHETIC:
+        trace = synthetic_trace(shape, run.tokens)
+    else:
+        path = Path(run.trace)
+        trace = read_trace(path if path.is_absolute() else Path(base_dir) / path)
+    if trace.metadata.model != shape:
+        trace = retarget_trace(trace, shape)
+    if trace.num_tokens > run.tokens:
+        trace = trace.select_tokens(np.arange(run.tokens))
+    return shape, trace
+
+
+def synthetic_trace(shape: ModelShape, tokens: int) -> Trace:
+    """A synthetic trace of ``shape`` with pre-attention and cross-layer predictions at the accuracies
+    the paper and FATE report (93% and 79% exact match); marked synthetic in its provenance."""
+    from traces.synthetic import SyntheticSpec, generate_trace
+
+    per_seq = min(tokens, 256)
+    spec = SyntheticSpec(
+        shape,
+        num_sequences=max(1, -(-tokens // per_seq)),
+        tokens_per_sequence=per_seq,
+        predictor_accuracy={"pre-attention": 0.93, "cross-layer": 0.79},
+        seed=0,
+    )
+    return generate_trace(spec)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def grid_points(grid: Grid) -> list[tuple[PolicySpec, float]]:
+    """(policy, cache fraction) pairs of one shape; resident once, at the first fraction."""
+    points = []
+    for name in grid.policies:
+        spec = PolicySpec.parse(name)
+        fractions = grid.cache_fractions[:1] if spec.name == "resident" else grid.cache_fractions
+        points.extend((spec, f) for f in fractions)
+    return points
+
+
+def run_live_grid(
+    grid: Grid,
+    hardware: HardwareProfile,
+    live_options: Any = None,
+    base_dir: str | os.PathLike[str] = ".",
+    progress: Callable[[str], None] | None = None,
+) -> list[SimResult]:
+    """Every grid point on the live executor (needs torch; a GPU unless ``live_options.device='cpu'``).
+
+    Per shape, a short burn-in run comes first and is discarded (the first run after building a model
+    was markedly slower on the H200 machine), and the first grid point is run again at the end: those
+    repeats come back with ``clock="live-repeat"`` and measure how reproducible a live number is.
+    """
+    from sim import live
+
+    say = progress or (lambda _m: None)
+    live_options = live_options or live.LiveOptions()
+    options = grid.options()
+    results = []
+    for run in grid.shapes:
+        shape, trace = shape_trace(run, base_dir)
+        points = grid_points(grid)
+        plans = [live.prepare(trace, shape, spec, grid.cache(f), options) for spec, f in points]
+        slots = max(p[2] for p in plans)
+        predictor = any(p[1].predictor_kind == "mlp" for p in plans)
+        transfers = any(not p[1].resident for p in plans)
+        context = int(trace.pos.max()) + 1
+        say(f"{shape.name}: building live model ({slots} slots, context {context})")
+        model = live.open_model(
+            shape,
+            slots,
+            transfers,
+            options.batch_size,
+            context,
+            predictor,
+            hardware.copy.engines,
+            live_options,
+        )
+        first_spec, first_fraction = points[0]
+        burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
+        live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
+        for spec, fraction in points:
+            say(f"{shape.name}: live {spec.label()} at {fraction:g} of experts")
+            results.append(
+                live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
+            )
+        say(f"{shape.name}: live {first_spec.label()} at {first_fraction:g} again (repeatability)")
+        again = live.run_live(
+            model, trace, hardware, grid.cache(first_fraction), first_spec, options, live_options
+        )
+        results.append(dataclasses.replace(again, clock=REPEAT_CLOCK))
+        del model
+        _release_gpu()
+    return results
+
+
+def _release_gpu() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def simulate_grid(
+    grid: Grid,
+    hardware: HardwareProfile,
+    base_dir: str | os.PathLike[str] = ".",
+    progress: Callable[[str], None] | None = None,
+) -> list[SimResult]:
+    """Every grid point in the simulator (no torch)."""
+    from sim.simulation import simulate
+
+    say = progress or (lambda _m: None)
+    options = grid.options()
+    results = []
+    for run in grid.shapes:
+        shape, trace = shape_trace(run, base_dir)
+        for spec, fraction in grid_points(grid):
+            say(f"{shape.name}: simulate {spec.label()} at {fraction:g} of experts")
+            results.append(simulate(trace, shape, hardware, grid.cache(fraction), spec, options))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+
+
+def _error(sim: float, live: float) -> float:
+    return (sim - live) / live if live else float("nan")
+
+
+def _identity(result: SimResult) -> tuple[str, str, float | None, str]:
+    cfg = result.config
+    return (cfg.shape.name, cfg.policy.label(), cfg.cache.fraction, cfg.trace)
+
+
+def compare(live: Sequence[SimResult], sim: Sequence[SimResult]) -> list[dict[str, Any]]:
+    """One row per configuration present in both lists, matched by shape, policy, cache and trace
+    (the hardware profile may differ: re-simulation with an improved profile is the point)."""
+    sims = {_identity(r): r for r in sim}
+    rows = []
+    for lr in (r for r in live if r.clock == "live"):
+        sr = sims.get(_identity(lr))
+        if sr is None:
+            continue
+        a, b = lr.summary(), sr.summary()
+        cfg = lr.config
+        rows.append(
+            {
+                "shape": cfg.shape.name,
+                "policy": cfg.policy.label(),
+                "cache_fraction": cfg.cache.fraction,
+                "cache_slots": lr.counters.get("cache_slots", 0),
+                "tokens": a["tokens"],
+                "live_mean_ms": a["mean_latency_s"] * 1e3,
+                "sim_mean_ms": b["mean_latency_s"] * 1e3,
+                "mean_err": _error(b["mean_latency_s"], a["mean_latency_s"]),
+                "live_p50_ms": a["p50_latency_s"] * 1e3,
+                "sim_p50_ms": b["p50_latency_s"] * 1e3,
+                "p50_err": _error(b["p50_latency_s"], a["p50_latency_s"]),
+                "live_p99_ms": a["p99_latency_s"] * 1e3,
+                "sim_p99_ms": b["p99_latency_s"] * 1e3,
+                "p99_err": _error(b["p99_latency_s"], a["p99_latency_s"]),
+                "live_hits": a["hits"],
+                "sim_hits": b["hits"],
+                "live_late": a["late"],
+                "sim_late": b["late"],
+                "live_misses": a["misses"],
+                "sim_misses": b["misses"],
+                "misses_identical": a["misses"] == b["misses"]
+                and a["hits"] + a["late"] == b["hits"] + b["late"],
+                "transfers": lr.counters.get("transfers", 0),
+                "sim_transfers": sr.counters.get("transfers", 0),
+                "bytes_moved": a["bytes_moved"],
+                "live_stall_ms": a["stall_s"] * 1e3,
+                "sim_stall_ms": b["stall_s"] * 1e3,
+            }
+        )
+    return rows
+
+
+def repeatability(live: Sequence[SimResult]) -> list[dict[str, Any]]:
+    """For each repeated live run: its mean latency, the first run's, and their relative difference."""
+    firsts = {_identity(r): r for r in live if r.clock == "live"}
+    out = []
+    for again in (r for r in live if r.clock == REPEAT_CLOCK):
+        first = firsts.get(_identity(again))
+        if first is None:
+            continue
+        a, b = first.summary()["mean_latency_s"], again.summary()["mean_latency_s"]
+        out.append(
+            {
+                "shape": again.config.shape.name,
+                "policy": again.config.policy.label(),
+                "cache_fraction": again.config.cache.fraction,
+                "first_mean_ms": a * 1e3,
+                "repeat_mean_ms": b * 1e3,
+                "difference": (b - a) / a if a else float("nan"),
+            }
+        )
+    return out
+
+
+def expand_resident(rows: list[dict[str, Any]], fractions: Sequence[float]) -> list[dict[str, Any]]:
+    """The resident row of each shape repeated under every cache fraction (it does not depend on it)."""
+    out = [r for r in rows if not r["policy"].startswith("resident")]
+    for r in rows:
+        if r["policy"].startswith("resident"):
+            out.extend({**r, "cache_fraction": f} for f in fractions)
+    return out
+
+
+def rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (shape, cache fraction): policies ordered by mean latency, live and simulated."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["cache_fraction"]), []).append(r)
+    out = []
+    for (shape, fraction), members in sorted(groups.items()):
+        live_order = [r["policy"] for r in sorted(members, key=lambda r: r["live_mean_ms"])]
+        sim_order = [r["policy"] for r in sorted(members, key=lambda r: r["sim_mean_ms"])]
+        swaps = _swapped_pairs(members)
+        out.append(
+            {
+                "shape": shape,
+                "cache_fraction": fraction,
+                "live_order": live_order,
+                "sim_order": sim_order,
+                "same": live_order == sim_order,
+                "swapped_pairs": swaps,
+            }
+        )
+    return out
+
+
+def _swapped_pairs(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Policy pairs the two clocks order differently, with the live gap between them (percent)."""
+    swaps = []
+    for i, a in enumerate(members):
+        for b in members[i + 1 :]:
+            live_sign = np.sign(a["live_mean_ms"] - b["live_mean_ms"])
+            sim_sign = np.sign(a["sim_mean_ms"] - b["sim_mean_ms"])
+            if live_sign != sim_sign:
+                gap = abs(a["live_mean_ms"] - b["live_mean_ms"]) / min(a["live_mean_ms"], b["live_mean_ms"])
+                swaps.append({"pair": [a["policy"], b["policy"]], "live_gap": gap})
+    return swaps
+
+
+def live_findings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (shape, cache fraction), from the live run alone: pre-attention's speed-up over on-demand and
+    its distance to oracle and to resident (ratios of mean latency)."""
+    groups: dict[tuple[str, float], dict[str, float]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["cache_fraction"]), {})[r["policy"]] = r["live_mean_ms"]
+    out = []
+    for (shape, fraction), means in sorted(groups.items()):
+        pre = means.get("pre-attention")
+        if pre is None:
+            continue
+        out.append(
+            {
+                "shape": shape,
+                "cache_fraction": fraction,
+                "pre_attention_ms": pre,
+                "speedup_over_on_demand": means["on-demand"] / pre if "on-demand" in means else float("nan"),
+                "vs_oracle": pre / means["oracle"] if "oracle" in means else float("nan"),
+                "vs_resident": pre / means["resident"] if "resident" in means else float("nan"),
+            }
+        )
+    return out
+
+
+def worst(rows: list[dict[str, Any]], key: str, n: int = 5) -> list[dict[str, Any]]:
+    """The ``n`` rows with the largest absolute ``key`` error."""
+    finite = [r for r in rows if np.isfinite(r[key])]
+    return sorted(finite, key=lambda r: -abs(r[key]))[:n]
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The per-configuration table as Markdown."""
+    head = (
+        "| shape | cache | policy | live mean ms | sim mean ms | err | live p50 | sim p50 | err | live p99 "
+        "| sim p99 | err | hits+late live/sim | misses live/sim | transfers | GB moved |"
+    )
+    lines = [head, "|" + "---|" * 16]
+    for r in sorted(rows, key=lambda r: (r["shape"], r["cache_fraction"], r["live_mean_ms"])):
+        lines.append(
+            f"| {r['shape']} | {r['cache_fraction']:g} | {r['policy']} | {r['live_mean_ms']:.2f} | "
+            f"{r['sim_mean_ms']:.2f} | {r['mean_err']:+.1%} | {r['live_p50_ms']:.2f} | "
+            f"{r['sim_p50_ms']:.2f} | {r['p50_err']:+.1%} | {r['live_p99_ms']:.2f} | "
+            f"{r['sim_p99_ms']:.2f} | {r['p99_err']:+.1%} | "
+            f"{r['live_hits'] + r['live_late']}/{r['sim_hits'] + r['sim_late']} | "
+            f"{r['live_misses']}/{r['sim_misses']} | {r['transfers']} | {r['bytes_moved'] / 1e9:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def fidelity_summary(rows: list[dict[str, Any]], ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Headline numbers: worst errors, how many configurations meet the targets, ranking agreement."""
+    mean_errs = np.array([abs(r["mean_err"]) for r in rows])
+    p99_errs = np.array([abs(r["p99_err"]) for r in rows])
+    return {
+        "configurations": len(rows),
+        "mean_within_5pct": int((mean_errs <= MEAN_TARGET).sum()),
+        "p99_within_10pct": int((p99_errs <= P99_TARGET).sum()),
+        "max_abs_mean_err": float(mean_errs.max()) if rows else float("nan"),
+        "max_abs_p99_err": float(p99_errs.max()) if rows else float("nan"),
+        "median_abs_mean_err": float(np.median(mean_errs)) if rows else float("nan"),
+        "misses_identical_everywhere": all(r["misses_identical"] for r in rows),
+        "rankings_identical": sum(1 for r in ranks if r["same"]),
+        "ranking_groups": len(ranks),
+    }
+
+
+def write_outputs(
+    out_dir: str | os.PathLike[str],
+    rows: list[dict[str, Any]],
+    ranks: list[dict[str, Any]],
+    findings: list[dict[str, Any]],
+    repeats: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """validation.json (everything), validation.md (the table) and validation.csv in ``out_dir``."""
+    out = Path(out_dir)
+    summary = fidelity_summary(rows, ranks)
+    doc = {
+        "meta": meta,
+        "summary": summary,
+        "rows": rows,
+        "rankings": ranks,
+        "live_findings": findings,
+        "repeatability": repeats,
+    }
+    write_text_atomic(out / "validation.json", json.dumps(doc, indent=1, default=_json_default) + "\n")
+    write_text_atomic(out / "validation.md", markdown_table(rows))
+    keys = list(rows[0]) if rows else []
+    csv = [",".join(keys)] + [",".join(_csv(r[k]) for k in keys) for r in rows]
+    write_text_atomic(out / "validation.csv", "\n".join(csv) + "\n")
+    return summary
+
+
+def _csv(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def profile_for(grid: Grid, override: str | None = None) -> HardwareProfile:
+    return load_profile(override or grid.hardware)
