@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -46,3 +49,13 @@ def test_split_views_never_share_a_sequence_and_cover_every_token() -> None:
     seqs = [set(v.seq_id.tolist()) for v in views]
     assert not (seqs[0] & seqs[1]) and not (seqs[0] & seqs[2]) and not (seqs[1] & seqs[2])
     assert sum(v.num_tokens for v in views) == ActivationView(source).num_tokens == 210
+
+
+def test_numpy_side_of_predictor_imports_without_torch() -> None:
+    code = (
+        "import sys; import predictor.base, predictor.baselines, predictor.data, predictor.evaluate, "
+        "predictor.metrics, predictor.ranking, predictor.splits, predictor.synthetic, predictor.tables; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
