@@ -117,12 +117,8 @@ def ranking_aware_loss(
     scores = scores.float()
     ranks = ranks.long()
     target = (ranks < top_k).float()
-    w1, w2, w3 = tiers.weights
-    weight = torch.where(
-        ranks < tiers.tier1,
-        torch.full_like(target, w1),
-        torch.where(ranks < tiers.tier2, torch.full_like(target, w2), torch.full_like(target, w3)),
-    )
+    tier = (ranks >= tiers.tier1).long() + (ranks >= tiers.tier2).long()  # 0, 1 or 2
+    weight = torch.tensor(tiers.weights, dtype=scores.dtype, device=scores.device)[tier]
     bce = F.binary_cross_entropy_with_logits(scores, target, weight=weight, reduction="none").mean(
         dim=(-2, -1)
     )
