@@ -11,6 +11,7 @@ output, with a small network per layer trained on the ranking-aware loss.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ class PreAttentionPredictor(ExpertPredictor):
             **super().config(),
             "input": "same layer's input_layernorm output (pre-attention)",
             "arch": self.train_config.arch,
-            "train": self.train_config.__dict__,
+            "train": dataclasses.asdict(self.train_config),
             "loss_tiers": self.tiers.as_dict(),
         }
 
@@ -140,7 +141,7 @@ class PreAttentionPredictor(ExpertPredictor):
         return {
             "name": self.name,
             "file": file_name,
-            "config": self.train_config.__dict__,
+            "config": dataclasses.asdict(self.train_config),
             "loss_tiers": self.tiers.as_dict(),
             "training": self.training,
         }
