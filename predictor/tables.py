@@ -7,13 +7,17 @@ pairs for ``layer = -1``) for which the predictor made a prediction.
 
 ``write_tables`` keeps one combined ``accuracy.csv`` / ``accuracy.parquet`` per table directory (rows of
 the evaluated model replace that model's earlier rows, other models' rows stay) and writes one markdown
-file per model, ``accuracy_<model>.md``.
+file per model, ``accuracy_<model>.md``. The Parquet file's key-value metadata holds, under
+``METADATA_KEY``, a JSON document ``{"version": 1, "models": {model: {"origin": ..., ...}}}`` saying where
+each model's activations came from (``origin`` as in a trace's provenance: a table computed from
+synthetic activations says ``synthetic``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -40,6 +44,7 @@ COLUMNS: dict[str, pa.DataType] = {
 }
 MEAN_LAYER = -1
 TABLE_STEM = "accuracy"
+METADATA_KEY = b"moe_prefetch_accuracy"
 
 #: The paper's first-MoE-layer numbers (arXiv 2511.10676, Table 4), by its models' (experts, top-k).
 PAPER_FIRST_LAYER: dict[tuple[int, int], dict[str, Any]] = {
@@ -73,19 +78,36 @@ def _file_token(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
+def read_metadata(table: pa.Table) -> dict[str, Any]:
+    """The accuracy metadata document of ``table`` (empty models when it has none)."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {"version": 1, "models": {}}
+
+
 def write_tables(
-    table_dir: Path, rows: Sequence[dict[str, Any]], model: ModelShape, k_prime: int, heading: str
+    table_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    model: ModelShape,
+    k_prime: int,
+    heading: str,
+    provenance: dict[str, Any],
 ) -> list[Path]:
-    """Write the combined long tables and this model's markdown; returns the paths written."""
+    """Write the combined long tables and this model's markdown; returns the paths written.
+
+    ``provenance`` describes this model's activations (at least ``origin``) for the Parquet metadata.
+    """
     table_dir = Path(table_dir)
     new = to_arrow(rows)
     parquet_path = table_dir / f"{TABLE_STEM}.parquet"
+    metadata = {"version": 1, "models": {}}
+    combined = new
     if parquet_path.exists():
-        old = pq.read_table(parquet_path).cast(new.schema)
-        keep = [r for r in old.to_pylist() if r["model"] != model.name]
+        old = pq.read_table(parquet_path)
+        metadata = read_metadata(old)
+        keep = [r for r in old.cast(new.schema).to_pylist() if r["model"] != model.name]
         combined = pa.concat_tables([to_arrow(keep), new]) if keep else new
-    else:
-        combined = new
+    metadata["models"][model.name] = provenance
+    combined = combined.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     with atomic_write(parquet_path, suffix=".parquet") as tmp:
         pq.write_table(combined, tmp, compression="zstd")
     csv_path = table_dir / f"{TABLE_STEM}.csv"

@@ -20,7 +20,7 @@ from predictor.synthetic import (
     write_planted_store,
     write_planted_trace,
 )
-from predictor.tables import COLUMNS
+from predictor.tables import COLUMNS, read_metadata
 from traces.trace import read_trace, write_trace
 
 MODEL = planted_model(num_layers=3, first_moe_layer=0, num_experts=8, top_k=2, hidden_size=16)
@@ -69,6 +69,7 @@ def test_evaluate_writes_the_long_table_for_every_predictor_layer_and_metric(wor
     root, _ = workdir
     table = pq.read_table(root / "tables" / "accuracy.parquet")
     assert table.schema.names == list(COLUMNS)
+    assert read_metadata(table)["models"][MODEL.name]["origin"] == "synthetic"
     rows = table.to_pylist()
     predictors = {r["predictor"] for r in rows}
     assert predictors == {

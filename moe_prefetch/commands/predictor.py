@@ -290,7 +290,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     if store.provenance.origin == "synthetic":
         heading += "\n\n**Synthetic activations: a check of the tooling, not a finding.**"
-    for path in write_tables(args.table, rows, model, k_prime, heading):
+    provenance = {
+        "origin": store.provenance.origin,
+        "source": store.provenance.source,
+        "activations": str(args.activations),
+        "predictors": str(args.predictors),
+        "split": args.split,
+        "num_tokens": view.num_tokens,
+        "num_sequences": sequences,
+    }
+    for path in write_tables(args.table, rows, model, k_prime, heading, provenance):
         print(f"wrote {path}")
     for p in predictors:
         h = headline_metrics(rows, p.name, model.moe_layers[0], k_prime)["first_moe_layer"]
