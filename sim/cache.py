@@ -10,7 +10,8 @@ copy has finished. Concretely:
 
 - presence (hit-or-late versus miss) is decided by reservations, not by arrivals;
 - an entry is *pinned* (never evicted) until the end of the layer it was fetched or used for
-  (``pin_until``, a position); pins end when the controller reports that layer's end, a logical event;
+  (``pin_until``, a position); pins end when the controller reports that layer's end, a logical event,
+  except that a prefetch pin ends at its layer's router if that router does not need the expert;
 - eviction rules see inserts and uses at positions only, and break ties deterministically;
 - slots are handed out deterministically (lowest free slot first, else the victim's slot).
 
@@ -70,6 +71,10 @@ class CacheConfig:
         return f"{size}{' per layer' if self.per_layer else ''}, {self.eviction}"
 
 
+#: ``Entry.used_at`` of an entry no router has used (below every position, the first prefetch's included)
+NEVER_USED = -2
+
+
 class CacheTooSmall(ValueError):
     """The configured slots cannot hold what one layer needs at once."""
 
@@ -77,16 +82,33 @@ class CacheTooSmall(ValueError):
 class Entry:
     """One present expert. ``request`` is the transfer that loads it until the clock reports it finished."""
 
-    __slots__ = ("arrived", "counted", "key", "pin_until", "prefetched_unused", "request", "slot")
+    __slots__ = (
+        "arrived",
+        "counted",
+        "key",
+        "loaded_at",
+        "pin_until",
+        "prefetched",
+        "request",
+        "slot",
+        "used_at",
+    )
 
     def __init__(self, key: int, slot: int) -> None:
         self.key = key
         self.slot = slot
         self.arrived = False
-        self.pin_until = -1
+        self.pin_until = -1  # pinned by a prefetch until this position's layer ends
         self.counted = False  # pin_until is booked in its partition's far_pins
-        self.prefetched_unused = False
+        self.used_at = NEVER_USED  # last router position that used it (pinned until that layer ends)
+        self.loaded_at = -1  # position at which its transfer was reserved
+        self.prefetched = False  # loaded by a prefetch (wasted if evicted before any use)
         self.request: object | None = None
+
+    @property
+    def wasted(self) -> bool:
+        """Prefetched and not used since."""
+        return self.prefetched and self.used_at < self.loaded_at
 
 
 class _Partition:
@@ -218,11 +240,22 @@ class ExpertCache:
         return key in self.entries
 
     def is_pinned(self, key: int) -> bool:
-        return self.entries[key].pin_until > self.released_through
+        return self._pinned(key)
 
     def _make_pinned_test(self) -> Callable[[int], bool]:
+        """Pinned: used by a layer that has not ended, or prefetched for a layer that has not ended and
+        whose router has not run yet (a prefetch its router did not need is free again after the router)."""
         entries, cache = self.entries, self
-        return lambda key: entries[key].pin_until > cache.released_through
+
+        def pinned(key: int) -> bool:
+            entry = entries[key]
+            released = cache.released_through
+            if entry.used_at > released:
+                return True
+            until = entry.pin_until
+            return until > released and until != cache.routed_through
+
+        return pinned
 
     def occupancy(self) -> int:
         return len(self.entries)
@@ -267,15 +300,19 @@ class ExpertCache:
             entry = entries.pop(victim)  # the victim's entry object and slot are reused for ``key``
             part.rule.remove(victim)
             self.evictions += 1
-            if entry.prefetched_unused:
+            if entry.prefetched and entry.used_at < entry.loaded_at:
                 self.wasted += 1
             entry.key = key
             entry.arrived = False
             entry.request = None
-            entry.counted = False  # an unpinned entry's booking, if any, was dropped with its pin
+            if entry.counted:  # a prefetch its router did not need may still hold a (stale) booking
+                self._uncount(entry)
             entry.pin_until = -1
+            entry.used_at = NEVER_USED
+            entry.loaded_at = -1
             part.size -= 1
-        entry.prefetched_unused = prefetch
+        entry.prefetched = prefetch
+        entry.loaded_at = self.current_pos
         entries[key] = entry
         part.size += 1
         part.rule.insert(key, self.current_pos)
@@ -287,53 +324,35 @@ class ExpertCache:
             self.peak_slots = len(entries)
         return entry
 
-    def route(self, layer: int, experts: Sequence[int], pos: int, prefetched: Sequence[Entry] = ()) -> list:
-        """The router of ``layer`` at ``pos`` needs ``experts``: first drop the pins of ``prefetched``
-        entries held only for ``pos`` (the needed ones are pinned again right after), then use (and pin)
-        every present needed one. Returns the needed experts' entries, None for absent ones (present
-        ones are pinned before any demand load can evict them)."""
-        for entry in prefetched:
-            if entry.pin_until == pos:
-                if entry.counted:
-                    self._uncount(entry)
-                entry.pin_until = -1
+    def route(self, layer: int, experts: Sequence[int], pos: int) -> list[Entry | None]:
+        """The router of ``layer`` at ``pos`` needs ``experts``: use every present one (which pins it
+        until the layer ends). Returns their entries, None for absent ones. From now on, entries
+        prefetched for ``pos`` that it did not use count as unpinned, so demand loads may evict them."""
         base = layer * self.num_experts
         get = self.entries.get
         found = [get(base + e) for e in experts]
-        keys = []
-        for entry in found:
-            if entry is not None:
-                entry.prefetched_unused = False
-                if pos > entry.pin_until:
-                    if entry.counted:
-                        self._uncount(entry)
-                    entry.pin_until = pos
-                keys.append(entry.key)
-        self.partitions[self._partition_of_layer[layer]].rule.touch_all(keys, pos)
+        if None in found:
+            present = [entry for entry in found if entry is not None]
+            keys = [entry.key for entry in present]
+        else:
+            present = found
+            keys = [base + e for e in experts]
+        for entry in present:
+            entry.used_at = pos
         self.routed_through = pos
+        self.partitions[self._partition_of_layer[layer]].rule.touch_all(keys, pos)
         return found
 
     def use(self, entry: Entry, pos: int) -> None:
         """A layer uses ``entry`` at ``pos`` (it stays pinned until that layer ends)."""
-        entry.prefetched_unused = False
+        entry.used_at = pos
         self.partitions[self._partition_of_layer[entry.key // self.num_experts]].rule.touch(entry.key, pos)
-        if pos > entry.pin_until:  # a pin until the router just run is never beyond the next router
-            if entry.counted:
-                self._uncount(entry)
-            entry.pin_until = pos
 
     def protect(self, entry: Entry, pin_until: int) -> None:
         """Keep a present entry until ``pin_until`` (a prefetch named an expert that is already present)."""
         if pin_until > entry.pin_until:
             layer = entry.key // self.num_experts
             self._pin(entry, self.partitions[self._partition_of_layer[layer]], pin_until, layer)
-
-    def unpin_if_only(self, entry: Entry, pos: int) -> None:
-        """Drop the pin of ``entry`` if it was held only for ``pos`` (a prefetch its layer did not need)."""
-        if entry.pin_until == pos:
-            if entry.counted:
-                self._uncount(entry)
-            entry.pin_until = -1
 
     def release_through(self, pos: int) -> None:
         """Layer end: pins held until ``pos`` or earlier are over; no-cache mode drops unpinned entries."""
@@ -347,16 +366,16 @@ class ExpertCache:
                     self._any_far_pins = self._any_far_pins or bool(part.far_pins)
         if self.no_cache:
             part = self.partitions[0]
-            dropped = [key for key, entry in self.entries.items() if entry.pin_until <= pos]
+            dropped = [key for key, e in self.entries.items() if e.pin_until <= pos and e.used_at <= pos]
             for key in dropped:
                 part.free.append(self._evict(key, part))
             part.free.sort(reverse=True)
 
     def finish(self) -> int:
         """Count prefetched entries still unused at the end as wasted; returns the total wasted."""
-        self.wasted += sum(1 for e in self.entries.values() if e.prefetched_unused)
+        self.wasted += sum(1 for e in self.entries.values() if e.wasted)
         for e in self.entries.values():
-            e.prefetched_unused = False
+            e.prefetched = False
         return self.wasted
 
     # -- internals
@@ -401,7 +420,7 @@ class ExpertCache:
         part.rule.remove(key)
         part.size -= 1
         self.evictions += 1
-        if entry.prefetched_unused:
+        if entry.wasted:
             self.wasted += 1
         return entry.slot
 

@@ -75,17 +75,22 @@ class RouterDecision:
     requests of the ``late`` experts (a clock should promote them to demand priority), and the policy's
     ``prefetches`` issued at this router (after the demands)."""
 
-    __slots__ = ("demands", "experts", "late", "layer", "prefetches", "slots", "status", "tokens")
+    __slots__ = ("demands", "entries", "experts", "late", "layer", "prefetches", "status", "tokens")
 
     def __init__(self, layer: int, experts: list[int], tokens: list[int]) -> None:
         self.layer = layer
         self.experts = experts
         self.tokens = tokens
-        self.slots: list[int] = []
+        self.entries: list[Entry] = []
         self.status: list[int] = []
         self.demands: list[FetchRequest] = []
         self.late: list[FetchRequest] = []
         self.prefetches: list[FetchRequest] = []
+
+    @property
+    def slots(self) -> list[int]:
+        """The GPU slot of each needed expert, in router order."""
+        return [entry.slot for entry in self.entries]
 
 
 @dataclass
@@ -155,7 +160,6 @@ class DecodeController:
         self.layer = -1
         self._pos_base = 0
         self._seq = 0
-        self._prefetched_for: dict[int, list[Entry]] = {}
         cls = type(policy)
         self._hooks = {
             name: getattr(cls, name) is not getattr(Policy, name)
@@ -197,10 +201,10 @@ class DecodeController:
         cache = self.cache
         needed = step.needed[j]
         decision = RouterDecision(j, needed, step.tokens_per_expert[j])
-        found = cache.route(j, needed, pos, self._prefetched_for.pop(pos, ()))
+        found = cache.route(j, needed, pos)
+        decision.entries = found
         if None not in found and all([entry.arrived for entry in found]):  # the common case: all hits
             decision.status = [HIT] * len(found)
-            decision.slots = [entry.slot for entry in found]
             self.counters.hits[j] += len(found)
         else:
             self._classify(decision, found, j, pos)
@@ -209,10 +213,9 @@ class DecodeController:
         return decision
 
     def _classify(self, decision: RouterDecision, found: list, j: int, pos: int) -> None:
-        """Statuses and slots of a layer with late or absent experts; demand loads for the absent ones."""
+        """Statuses of a layer with late or absent experts; demand loads for the absent ones."""
         status = decision.status = [MISS if e is None else (HIT if e.arrived else LATE) for e in found]
         decision.late = [e.request for e in found if e is not None and not e.arrived]
-        slots = decision.slots = [-1 if e is None else e.slot for e in found]
         n_miss = status.count(MISS)
         if n_miss:
             cache = self.cache
@@ -222,13 +225,12 @@ class DecodeController:
             for i, entry in enumerate(found):
                 if entry is None:
                     e = decision.experts[i]
-                    entry = cache.allocate(base + e, pos, prefetch=False)
+                    entry = found[i] = cache.allocate(base + e, pos, prefetch=False)
                     cache.use(entry, pos)
                     request = new_request(self._seq, base + e, j, e, entry.slot, DEMAND, True, pos)
                     self._seq += 1
                     entry.request = request
                     demands.append(request)
-                    slots[i] = entry.slot
         counters = self.counters
         n_late = len(decision.late)
         counters.misses[j] += n_miss
@@ -286,9 +288,6 @@ class DecodeController:
         for layer, experts, priority in actions:
             target = (s if layer >= self.layer else s + 1) * self.num_layers + layer
             base = layer * self.num_experts
-            pinned = self._prefetched_for.get(target)
-            if pinned is None:
-                pinned = self._prefetched_for[target] = []
             prefetch_priority = priority if priority > PREFETCH else PREFETCH
             near = target <= cache.routed_through + 1  # pinned until the next router: no booking
             for e in experts:
@@ -301,7 +300,6 @@ class DecodeController:
                         else:
                             cache.protect(entry, target)
                     present += 1
-                    pinned.append(entry)
                     continue
                 entry = allocate(key, target, True)
                 if entry is None:
@@ -311,7 +309,6 @@ class DecodeController:
                     seq, key, layer, e, entry.slot, prefetch_priority, False, target
                 )
                 seq += 1
-                pinned.append(entry)
                 requests.append(request)
         self.counters.prefetches_present += present
         self.counters.prefetches_issued += seq - self._seq

@@ -33,9 +33,11 @@ import simpy
 
 from sim.controller import HIT, LATE, DecisionCounters, DecodeController
 from sim.costs import CostModel
-from sim.link import Link
+from sim.link import DONE, Link
 from sim.policies import DEMAND, LAYER_START, ROUTER
 from traces.schema import ModelShape
+
+INF = float("inf")
 
 #: timeline interval: (lane, kind, start_s, end_s, moe_layer, expert); expert -1 when not an expert
 Interval = tuple[str, str, float, float, int, int]
@@ -184,6 +186,7 @@ class _Run:
             attn = costs.attention_s(n_tok, step.context_total)
             router = costs.router_s(n_tok)
             shared = costs.shared_s(n_tok)
+            c_one = expert_s(1)
             before_router = attn + add + norm + router
             busy = 0.0
             j = 0
@@ -241,11 +244,12 @@ class _Run:
                 work = shared
                 if timeline.on and shared > 0:
                     timeline.add("compute", "shared experts", t_block, t, j)
+                cs = [c_one] * len(status) if n_tok == 1 else [expert_s(x) for x in tokens]
                 if late or demands:
                     late_iter, demand_iter = iter(late), iter(demands)
                     waiting = []
                     for i, st in enumerate(status):
-                        c = expert_s(tokens[i])
+                        c = cs[i]
                         work += c
                         if st == HIT:
                             if timeline.on:
@@ -253,17 +257,19 @@ class _Run:
                             t += c
                         else:
                             transfer = next(late_iter) if st == LATE else next(demand_iter)
-                            waiting.append((link.finish_time(transfer), i, c))
+                            if transfer.state != DONE:  # no copy starts before this block ends
+                                advance(INF, transfer)
+                            waiting.append((transfer.end_s, i))
                     waiting.sort()
-                    for landed, i, c in waiting:
+                    for landed, i in waiting:
                         if landed > t:
                             t = landed
+                        c = cs[i]
                         if timeline.on:
                             timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
                         t += c
                 else:
-                    for i in range(len(status)):
-                        c = expert_s(tokens[i])
+                    for i, c in enumerate(cs):
                         if timeline.on:
                             timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
                         t += c

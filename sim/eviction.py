@@ -54,8 +54,7 @@ class LRU(EvictionRule):
         self._order: OrderedDict[int, None] = OrderedDict()
 
     def insert(self, key: int, pos: int) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
+        self._order[key] = None  # a new key goes to the most recent end
 
     def touch(self, key: int, pos: int) -> None:
         self._order.move_to_end(key)
