@@ -9,7 +9,7 @@ memory without writing intermediate files.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from predictor.tables import COLUMNS as ACCURACY_COLUMNS
+from predictor.tables import read_metadata as read_accuracy_metadata
 from sim.config import trace_fingerprint
 from sim.results import RESULTS_METADATA_KEY, SimResult, read_results
 from sim.sweep_store import KEY_COLUMN, PARTS_SUFFIX, SWEEP_METADATA_KEY, read_sweep_metadata
@@ -86,9 +87,18 @@ class RunInput:
         return f"{self.policy} ({self.setting})"
 
 
-def run_inputs(results: Sequence[SimResult], traces: Sequence[TraceInput], source: str) -> list[RunInput]:
-    """Wrap results, naming each run's trace by matching its fingerprint against the known traces."""
-    by_fingerprint = {trace_fingerprint(t.trace): t for t in traces}
+def run_inputs(
+    results: Sequence[SimResult],
+    traces: Sequence[TraceInput],
+    source: str,
+    replayed: Mapping[str, TraceInput] | None = None,
+) -> list[RunInput]:
+    """Wrap results, naming each run's trace by matching its fingerprint against the known traces.
+
+    ``replayed`` maps further fingerprints to traces, e.g. those of the first N tokens of a trace that
+    the runs replayed.
+    """
+    by_fingerprint = {trace_fingerprint(t.trace): t for t in traces} | dict(replayed or {})
     runs = []
     for result in results:
         trace = by_fingerprint.get(result.config.trace)
@@ -205,7 +215,10 @@ def _is_accuracy(schema: pa.Schema) -> bool:
 
 
 def _load_accuracy(path: Path, inputs: ReportInputs) -> None:
-    inputs.accuracy.append(TableInput(str(path), _read_table(path)))
+    table = _read_table(path)
+    metadata = read_accuracy_metadata(table)
+    synthetic = any(m.get("origin") == "synthetic" for m in metadata.get("models", {}).values())
+    inputs.accuracy.append(TableInput(str(path), table, metadata, synthetic))
 
 
 _KINDS = (

@@ -48,6 +48,7 @@ from sim.config import HOST_MEMORY, RunConfig, SimOptions, trace_fingerprint
 from sim.eviction import EVICTION_RULES
 from sim.hardware import HardwareProfile, load_profile, preset_names
 from sim.policies import PolicySpec
+from sim.results import SimResult
 from sim.simulation import simulate
 from sim.sweep_exec import execute_local, execute_ray, materialise, resolve_shared
 from sim.sweep_store import KEY_COLUMN, ResultStore, Row
@@ -394,19 +395,25 @@ _TRACES: dict[str, Trace] = {}
 _TRACES_KEPT = 4
 
 
-def run_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = None) -> Row:
-    """Simulate one point of a sweep and return its table row (the same on any machine, any executor)."""
+def simulate_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = None) -> SimResult:
+    """Simulate one point of a grid: the full result (per-token latencies, timeline, ...)."""
     config = point.config
     trace = _trace_of(point, shared)
     result = simulate(trace, config.shape, config.hardware, config.cache, config.policy, config.options)
     if result.config.key() != point.key:
         raise RuntimeError(f"{point.trace_path}: the trace changed while the sweep was running")
+    return result
+
+
+def run_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = None) -> Row:
+    """Simulate one point of a sweep and return its table row (the same on any machine, any executor)."""
+    result = simulate_point(point, shared)
     row = {KEY_COLUMN: point.key, **point.labels}
     for name, value in result.summary_row().items():
         if name == "key":
             continue
         row.setdefault("trace_fingerprint" if name == "trace" else name, value)
-    row["config"] = config.to_json()
+    row["config"] = point.config.to_json()
     return row
 
 
@@ -428,7 +435,11 @@ def _trace_of(point: RunPoint, shared: tuple[Mapping[str, Any]] | None) -> Trace
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    """What one invocation did: ``total`` runs in the grid, ``skipped`` already done, ``ran`` now."""
+    """What one invocation did: ``total`` runs in the grid, ``skipped`` already done, ``ran`` now.
+
+    ``table`` is the whole results table, which may also hold runs of earlier, different sweeps;
+    ``grid_table()`` is restricted to this sweep's grid.
+    """
 
     path: Path
     total: int
@@ -436,6 +447,11 @@ class SweepOutcome:
     ran: int
     wall_s: float
     table: pa.Table
+    grid_keys: frozenset[str]
+
+    def grid_table(self) -> pa.Table:
+        keys = self.table.column(KEY_COLUMN).to_pylist()
+        return self.table.take([i for i, key in enumerate(keys) if key in self.grid_keys])
 
 
 def run_sweep(
@@ -479,7 +495,10 @@ def run_sweep(
         if store.has_parts():
             store.merge(metadata)
     wall_s = time.perf_counter() - started
-    return SweepOutcome(Path(out), len(points), len(points) - len(todo), len(todo), wall_s, store.read())
+    keys = frozenset(p.key for p in points)
+    return SweepOutcome(
+        Path(out), len(points), len(points) - len(todo), len(todo), wall_s, store.read(), keys
+    )
 
 
 def _table_metadata(spec: SweepSpec, command: str, ray_address: str | None, workers: int | None) -> dict:

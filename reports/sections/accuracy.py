@@ -38,7 +38,7 @@ def build(inputs: ReportInputs) -> Section | Omitted:
         rows = table_input.table.to_pylist()
         for model in dict.fromkeys(r["model"] for r in rows):
             model_rows = [r for r in rows if r["model"] == model]
-            blocks += _model_blocks(model, model_rows, inputs.shape_of(model))
+            blocks += _model_blocks(model, model_rows, inputs.shape_of(model), table_input.source)
     blocks.append(_paper_table())
     return Section(
         KEY,
@@ -50,7 +50,9 @@ def build(inputs: ReportInputs) -> Section | Omitted:
     )
 
 
-def _model_blocks(model: str, rows: list[dict[str, Any]], shape_key: tuple[int, int] | None) -> list[Any]:
+def _model_blocks(
+    model: str, rows: list[dict[str, Any]], shape_key: tuple[int, int] | None, source: str
+) -> list[Any]:
     layers = sorted({r["layer"] for r in rows if r["layer"] != MEAN_LAYER})
     if not layers:
         return [Note(f"{model}: the accuracy table has no per-layer rows.")]
@@ -61,7 +63,7 @@ def _model_blocks(model: str, rows: list[dict[str, Any]], shape_key: tuple[int, 
         Table(
             ["predictor", "exact match", f"over-provisioning hit (k'={k_prime})", "top-1", "coverage"],
             _first_layer_rows(rows, first_layer, k_prime),
-            caption=f"{model}: first MoE layer (decoder layer {first_layer}), measured here",
+            caption=f"{model}: first MoE layer (decoder layer {first_layer}); source: {source}",
         ),
     ]
 

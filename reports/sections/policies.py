@@ -45,11 +45,13 @@ def build(inputs: ReportInputs) -> Section | Omitted:
 
 
 def group_by_setting(runs: Sequence[RunInput]) -> dict[str, list[RunInput]]:
-    """Runs grouped by everything but the policy, each group in a fixed policy order."""
+    """Runs grouped by everything but the policy, each group in a fixed policy order; the groups with
+    the most policies first (they compare the most)."""
     groups: dict[str, list[RunInput]] = {}
     for run in runs:
         groups.setdefault(run.setting, []).append(run)
-    return {k: sorted(v, key=lambda r: _policy_order(r.policy)) for k, v in groups.items()}
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    return {k: sorted(v, key=lambda r: _policy_order(r.policy)) for k, v in ordered}
 
 
 def mean_latency_s(run: RunInput) -> float:

@@ -42,6 +42,7 @@ AXIS_TITLES = {
     "predictor_s": "predictor time (s)",
     "batch_size": "batch size",
 }
+AXIS_UNITS = {"pcie_gbps": " GB/s", "copy_latency_s": " s", "predictor_s": " s"}
 HEADLINE_POLICIES = ("pre-attention", "confidence", "cross-layer", "previous-token")
 
 
@@ -61,7 +62,7 @@ def build(inputs: ReportInputs) -> Section | Omitted:
         TITLE,
         blocks,
         intro="Each point is one simulated run; the grid is the product of the sweep file's lists. Where "
-        "more than two parameters vary, the others are held at their first value (named in the title).",
+        "more than two parameters vary, the others are held at their middle value (named with each figure).",
         synthetic=any(s.synthetic for s in inputs.sweeps),
     )
 
@@ -110,8 +111,8 @@ def _trace_blocks(trace: str, rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def _held(rows: list[dict[str, Any]], axes: list[str], free: Sequence[str]) -> tuple[list[dict], str]:
-    """Rows with every varying axis outside ``free`` at its first value, and a note saying which."""
-    held = {a: rows[0].get(a) for a in axes if a not in free}
+    """Rows with every varying axis outside ``free`` held at its middle value, and a note saying which."""
+    held = {a: _middle({r.get(a) for r in rows}) for a in axes if a not in free}
     kept = [r for r in rows if all(r.get(a) == v for a, v in held.items())]
     note = ", ".join(f"{a} = {_fmt(v)}" for a, v in held.items())
     return kept, (f" Held fixed: {note}." if note else "")
@@ -146,7 +147,7 @@ def _heatmap(trace: str, rows: list[dict[str, Any]], policy: str, axes: list[str
     worst = min(points, key=lambda r: r["speedup"])
     takeaway = (
         f"{policy} is {worst['speedup']:.2f}x to {best['speedup']:.2f}x as fast as on-demand; the gain is "
-        f"largest at {_fmt(best['pcie_gbps'])} GB/s with cache {_fmt(best['cache'])}.{held}"
+        f"largest at {_with_unit('pcie_gbps', best['pcie_gbps'])} with cache {_fmt(best['cache'])}.{held}"
     )
     return Figure(fig, takeaway, height_px=max(320, 50 * len(caches) + 180))
 
@@ -154,7 +155,7 @@ def _heatmap(trace: str, rows: list[dict[str, Any]], policy: str, axes: list[str
 def _lines(trace: str, rows: list[dict[str, Any]], axis: str, axes: list[str]) -> Figure:
     kept, held = _held(rows, axes, (axis, "policy"))
     fig = figure(
-        title={"text": f"{trace}: mean latency per token against {AXIS_TITLES[axis]}"},
+        title={"text": f"{trace}: latency against {AXIS_TITLES[axis].split(' (')[0]}"},
         xaxis={"title": {"text": AXIS_TITLES[axis] if axis != "cache" else _cache_title(rows)}},
         yaxis={"title": {"text": "mean latency per token (ms)"}, "rangemode": "tozero"},
     )
@@ -183,10 +184,11 @@ def _lines_takeaway(series: dict[str, list[tuple[float, float]]], axis: str) -> 
     at_high = {p: dict(v)[high_x] for p, v in offloaded.items() if high_x in dict(v)}
     best_low = min(at_low, key=at_low.__getitem__)
     best_high = min(at_high, key=at_high.__getitem__)
-    name = AXIS_TITLES.get(axis, axis)
+    name = AXIS_TITLES.get(axis, axis).split(" (")[0]
     return (
-        f"At {name} {_fmt(low_x)} the fastest offloading policy is {best_low} ({ms(at_low[best_low])} per "
-        f"token); at {_fmt(high_x)} it is {best_high} ({ms(at_high[best_high])})."
+        f"At {name} {_with_unit(axis, low_x)} the fastest offloading policy is {best_low} "
+        f"({ms(at_low[best_low])} per token); at {_with_unit(axis, high_x)} it is {best_high} "
+        f"({ms(at_high[best_high])})."
     )
 
 
@@ -205,6 +207,16 @@ def _table(trace: str, rows: list[dict[str, Any]]) -> Table:
 def _cache_title(rows: Sequence[dict[str, Any]]) -> str:
     counted_slots = any(r.get("cache_fraction") is None for r in rows)
     return "cache slots" if counted_slots else "cache size (share of all experts)"
+
+
+def _middle(values: set[Any]) -> Any:
+    """The median of a set of values (the lower one of an even count), in sorted order."""
+    ordered = sorted(values, key=lambda v: (v is None, v if isinstance(v, int | float) else str(v)))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _with_unit(axis: str, value: Any) -> str:
+    return _fmt(value) + AXIS_UNITS.get(axis, "")
 
 
 def _fmt(value: Any) -> str:

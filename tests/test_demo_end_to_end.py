@@ -1,0 +1,68 @@
+"""`moe-prefetch demo` end to end (fast sizes): it compares the policies, sweeps the hardware, writes a
+report a browser renders cleanly, prints the summary table, and says so loudly when it had to fall back
+to a synthetic trace."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_prefetch.cli import main
+from reports import demo
+from reports.browser import check_page
+from traces.shapes import KNOWN_SHAPES
+from traces.synthetic import SyntheticSpec, generate_trace
+from traces.trace import write_trace
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_demo_without_shipped_traces_runs_on_a_labelled_synthetic_trace(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(demo, "DATA_DIR", tmp_path / "empty")
+    monkeypatch.setattr(demo, "VALIDATION_DIR", tmp_path / "none")
+    out = tmp_path / "out" / "demo.html"
+    assert main(["demo", "--fast", "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("SYNTHETIC") >= 2  # before the work starts and under the summary table
+    assert f"report: {out.resolve()}" in printed
+    table = [line for line in printed.splitlines() if line.startswith("synthetic-qwen3-30b-a3b ")]
+    expected = ["on-demand", "previous-token", "cross-layer", "pre-attention", "pre-attention:m=12", "oracle"]
+    assert [line.split()[1] for line in table] == [*expected, "resident"]
+    on_demand = table[0].split()
+    assert on_demand[4] == "1.00x"  # the baseline's speed-up over itself
+    html = out.read_text()
+    assert "moe-prefetch demo (SYNTHETIC DATA)" in html and "SYNTHETIC INPUTS" in html
+    check = check_page(out)
+    assert check.errors == [] and check.external_requests == []
+    assert len(check.plots) >= 12 and check.blank_plots == []
+
+
+@pytest.mark.slow
+def test_demo_replays_the_traces_shipped_in_the_data_folder(tmp_path, monkeypatch, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = SyntheticSpec(
+        KNOWN_SHAPES["phi-3.5-moe"], num_sequences=2, tokens_per_sequence=20, include_oracle=True
+    )
+    write_trace(generate_trace(spec), data / "phi-like.parquet")
+    monkeypatch.setattr(demo, "DATA_DIR", data)
+    monkeypatch.setattr(demo, "VALIDATION_DIR", tmp_path / "none")
+    out = tmp_path / "demo.html"
+    assert main(["demo", "--fast", "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "generated synthetic trace" not in printed
+    policies = [line.split()[1] for line in printed.splitlines() if line.startswith("phi-like ")]
+    # no pred.pre-attention / pred.cross-layer columns: only the policies the trace supports
+    assert policies == ["on-demand", "previous-token", "oracle", "resident"]
+    assert (tmp_path / "demo_sweep.parquet").exists()
+
+
+def test_demo_replays_fewer_tokens_when_traces_are_deeper() -> None:
+    settings = demo.DemoSettings()
+    shallow = demo.TraceInput("a", "a", generate_trace(SyntheticSpec(KNOWN_SHAPES["olmoe-1b-7b"], 1, 8)))
+    deep = demo.TraceInput("b", "b", generate_trace(SyntheticSpec(KNOWN_SHAPES["qwen3-30b-a3b"], 1, 8)))
+    tokens_shallow = demo._tokens_per_trace([shallow], settings.compare_token_layers, 7, settings)
+    tokens_deep = demo._tokens_per_trace([deep], settings.compare_token_layers, 7, settings)
+    assert tokens_shallow == min(settings.max_tokens, settings.compare_token_layers // (16 * 7))
+    assert tokens_deep == settings.compare_token_layers // (48 * 7) < tokens_shallow

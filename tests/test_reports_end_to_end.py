@@ -1,0 +1,154 @@
+"""`moe-prefetch report` on every kind of input: one offline HTML file that a real browser renders without
+a JavaScript error, every plot drawn, every section present (or omitted with its reason)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import textwrap
+
+import pyarrow.parquet as pq
+import pytest
+
+from moe_prefetch.cli import main
+from reports.browser import check_page
+from reports.demo import trace_accuracy_table
+from reports.inputs import TraceInput, load_inputs
+from reports.sections import policies
+from sim.cache import CacheConfig
+from sim.config import SimOptions
+from sim.hardware import load_profile
+from sim.policies import PolicySpec
+from sim.results import write_results
+from sim.simulation import simulate
+from sim.sweep import load_sweep, run_sweep
+from traces.shapes import KNOWN_SHAPES
+from traces.synthetic import SyntheticSpec, generate_trace
+from traces.trace import write_trace
+
+POLICIES = (
+    "on-demand",
+    "previous-token",
+    "cross-layer",
+    "pre-attention",
+    "pre-attention:m=10",
+    "oracle",
+    "resident",
+)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    """A folder with a trace, simulation results (with timelines), a sweep table, an accuracy table and a
+    live/simulated pair, as the project's commands write them."""
+    folder = tmp_path_factory.mktemp("results")
+    spec = SyntheticSpec(
+        KNOWN_SHAPES["olmoe-1b-7b"],
+        num_sequences=2,
+        tokens_per_sequence=24,
+        predictor_accuracy={"pre-attention": 0.9, "cross-layer": 0.7},
+        prediction_width=10,
+    )
+    trace = generate_trace(spec)
+    write_trace(trace, folder / "olmoe.parquet")
+    hardware = load_profile("h200")
+    cache = CacheConfig(fraction=0.25)
+    options = SimOptions(timeline_steps=2)
+    results = [
+        simulate(trace, trace.metadata.model, hardware, cache, PolicySpec.parse(p), options) for p in POLICIES
+    ]
+    write_results(results, folder / "sim.parquet")
+    # a "live" run of the same configuration (here: the simulated one, 4% slower) for the validation section
+    live = dataclasses.replace(results[3], clock="live", token_latency_s=results[3].token_latency_s * 1.04)
+    write_results([live], folder / "live.parquet")
+    (folder / "sweep.toml").write_text(
+        textwrap.dedent(
+            """
+            [sweep]
+            traces = ["olmoe.parquet"]
+            policies = ["on-demand", "pre-attention", "oracle"]
+            cache_fractions = [0.1, 0.5]
+            [hardware]
+            pcie_gbps = [16.0, 64.0]
+            """
+        )
+    )
+    run_sweep(load_sweep(folder / "sweep.toml"), folder / "sweep.parquet", workers=1, progress=False)
+    accuracy = trace_accuracy_table(TraceInput("olmoe", "olmoe.parquet", trace), bootstrap_resamples=20)
+    pq.write_table(accuracy.table, folder / "accuracy.parquet")
+    return folder
+
+
+def test_inputs_are_recognised_by_content(results_dir) -> None:
+    inputs = load_inputs([results_dir])
+    assert [t.name for t in inputs.traces] == ["olmoe"]
+    assert len(inputs.runs) == len(POLICIES) + 1
+    assert {r.trace_name for r in inputs.runs} == {"olmoe"}  # matched by trace fingerprint
+    assert len(inputs.sweeps) == 1 and inputs.sweeps[0].table.num_rows == 12
+    assert len(inputs.accuracy) == 1
+    assert inputs.synthetic_sources() == ["trace olmoe", f"sweep table {results_dir / 'sweep.parquet'}"]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_full_report_renders_in_a_browser_without_errors(results_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "report.html"
+    assert main(["report", str(results_dir), "--out", str(out)]) == 0
+    assert "report written to" in capsys.readouterr().out
+    html = out.read_text()
+    assert "Omitted:" not in html  # every section had its inputs
+    for title in ("Trace overview", "Predictor accuracy", "Policy comparison", "Timeline", "Hardware sweeps",
+                  "Simulator validation", "Provenance"):  # fmt: skip
+        assert f">{title}" in html
+    assert "SYNTHETIC INPUTS: trace olmoe" in html
+    check = check_page(out)
+    assert check.errors == []
+    assert check.external_requests == []
+    # trace overview 3, accuracy 1, policy comparison 5 for the simulated and 5 for the live setting,
+    # timeline 2, sweeps 2 (heatmap and lines), validation 1
+    assert len(check.plots) == 19
+    assert check.blank_plots == []
+
+
+def test_report_with_only_a_trace_omits_the_other_sections_with_reasons(results_dir, tmp_path) -> None:
+    out = tmp_path / "report.html"
+    assert main(["report", str(results_dir / "olmoe.parquet"), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert html.count("Omitted:") == 5  # accuracy, policies, timeline, sweeps, validation
+    assert "Omitted: no sweep table among the inputs" in html
+
+
+def test_unrecognised_file_fails_in_one_line_and_writes_nothing(tmp_path, capsys) -> None:
+    import pyarrow as pa
+
+    stranger = tmp_path / "stranger.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), stranger)
+    out = tmp_path / "report.html"
+    assert main(["report", str(stranger), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stranger.parquet" in err[0] and "not a trace" in err[0]
+    assert not out.exists()
+
+
+def test_policy_takeaway_states_the_simulated_numbers(results_dir) -> None:
+    inputs = load_inputs([results_dir / "olmoe.parquet", results_dir / "sim.parquet"])
+    runs = next(iter(policies.group_by_setting(inputs.runs).values()))
+    takeaway = policies._latency_takeaway(runs)
+    means = {r.policy: policies.mean_latency_s(r) for r in runs}
+    best = min((p for p in means if p != "resident"), key=means.__getitem__)
+    assert takeaway.startswith(f"{best} has the lowest mean latency")
+    assert f"{1e3 * means[best]:.2f} ms" in takeaway
+    assert f"{1e3 * means['resident']:.2f} ms" in takeaway
+    assert re.search(r"\d+\.\d% below on-demand", takeaway) or best == "on-demand"
+
+
+def test_accuracy_table_of_synthetic_activations_is_flagged(tmp_path) -> None:
+    from predictor.tables import write_tables
+
+    row = {"model": "m", "predictor": "p", "layer": 0, "metric": "exact_match", "k_prime": 0, "value": 0.9,
+           "ci_low": 0.88, "ci_high": 0.92, "num_tokens": 100, "coverage": 1.0}  # fmt: skip
+    shape = KNOWN_SHAPES["olmoe-1b-7b"]
+    write_tables(tmp_path, [row], shape, 12, "test", {"origin": "synthetic"})
+    inputs = load_inputs([tmp_path / "accuracy.parquet"])
+    assert inputs.accuracy[0].synthetic
+    assert inputs.synthetic_sources() == [f"accuracy table {tmp_path / 'accuracy.parquet'}"]
