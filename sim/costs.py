@@ -55,8 +55,11 @@ class CostModel:
         self._kv_heads = shape.num_key_value_heads or heads
         self._head_dim = shape.head_dim or shape.hidden_size // heads
         self._curves = {op: c.curve(op, shape.name) for op in KERNELS} | {
-            "predictor_cpu": c.curve("predictor_cpu", shape.name)
+            "predictor_cpu": c.curve("predictor_cpu", shape.name),
+            "host_layer": c.curve("host_layer", shape.name),
         }
+        #: host time to issue one copy (delays the compute stream of a host-bound executor)
+        self.issue_s = hardware.copy.issue_s
         # bind memoised versions per instance
         self.norm_s = lru_cache(maxsize=None)(self._norm_s)
         self.add_s = lru_cache(maxsize=None)(self._add_s)
@@ -146,6 +149,12 @@ class CostModel:
             raise ValueError(f"predictor device must be gpu or cpu, got '{device}'")
         nbytes = (h * PREDICTOR_HIDDEN + PREDICTOR_HIDDEN * e) * self._dtype
         return self._op("predictor_gpu", tokens, flops, nbytes)
+
+    def host_layer_s(self, tokens: int) -> float:
+        """Host time per MoE layer outside the ops (the executor's decisions, events, polling), measured
+        by calibration; 0 when the profile has no such curve for this shape."""
+        curve = self._curves["host_layer"]
+        return curve.at(tokens) * self.scale if curve is not None else 0.0
 
     # -- copies
 

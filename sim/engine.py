@@ -18,6 +18,9 @@ Timing model of one MoE decoder layer, on one compute stream (dense layers run s
   first, then the others in the order their copies land; each starts at max(previous end, landing).
   Its end is computed from the copies' landing times in one go: SimPy sees a handful of events per
   layer, not one per op or copy.
+- Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
+  its router (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued, which
+  delays the compute stream at the point of issue (one host thread launches kernels and copies).
 - Stall of a layer = time its compute stream sat idle (waiting for copies or for the host).
 - A step's latency is the compute stream's time from the step's first op to its last, plus
   ``step_overhead_s``; steps run back to back (the next token needs the previous one).
@@ -167,6 +170,7 @@ class _Run:
         submit, advance, flush = link.submit, link.advance, self.flush
         stall = self.stall
         expert_s = costs.expert_s
+        issue_s = costs.issue_s
         timeout = env.timeout
         events = 0
         t_c = 0.0  # the compute stream is free from t_c on
@@ -187,7 +191,7 @@ class _Run:
             router = costs.router_s(n_tok)
             shared = costs.shared_s(n_tok)
             c_one = expert_s(1)
-            before_router = attn + add + norm + router
+            before_router = attn + add + norm + router + costs.host_layer_s(n_tok)
             busy = 0.0
             j = 0
             for is_moe in self.layer_plan:
@@ -201,9 +205,10 @@ class _Run:
                 t_ls = t_c + norm
                 if t_ls > t_h:
                     t_h = t_ls
-                for r in controller.layer_start(j):
+                issued = controller.layer_start(j)
+                for r in issued:
                     submit(r, t_h)
-                t_router = t_ls + before_router
+                t_router = t_ls + before_router + len(issued) * issue_s
                 if timeline.on:
                     timeline.add("compute", "norm", t_c, t_ls, j)
                     timeline.add("compute", "attention", t_ls, t_ls + attn, j)
@@ -214,8 +219,10 @@ class _Run:
                         timeline.add("predictor", "predict", t_ls, t_p, j)
                     if t_p > t_h:
                         t_h = t_p
-                    for r in controller.prediction_ready(j):
+                    issued = controller.prediction_ready(j)
+                    for r in issued:
                         submit(r, t_h)
+                    t_router += len(issued) * issue_s  # the host issues them during attention
                 # router: hits, late prefetches (promoted to demand), misses (demand loads)
                 if t_router > t_h:
                     t_h = t_router
@@ -232,12 +239,15 @@ class _Run:
                     submit(r, t_h)
                 for r in decision.prefetches:
                     submit(r, t_h)
+                t_block += (len(demands) + len(decision.prefetches)) * issue_s
                 if cross_layer and j + 1 < num_moe:
                     t_p = t_router + gate_s
                     if t_p > t_h:
                         t_h = t_p
-                    for r in controller.prediction_ready(j + 1):
+                    issued = controller.prediction_ready(j + 1)
+                    for r in issued:
                         submit(r, t_h)
+                    t_block += len(issued) * issue_s
                 # the MoE block: shared and resident experts first, then the others as their copies land
                 status, tokens = decision.status, decision.tokens
                 t = t_block + shared
@@ -287,8 +297,10 @@ class _Run:
                 if t_h > env.now:
                     yield timeout(t_h - env.now)
                     events += 1
-                for r in controller.layer_end(j):
+                issued = controller.layer_end(j)
+                for r in issued:
                     submit(r, t_h)
+                t_c += len(issued) * issue_s
                 j += 1
             controller.end_step()
             t_c += self.step_overhead_s

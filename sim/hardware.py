@@ -22,6 +22,8 @@ measurements, presets live in ``sim/profiles/*.toml``)::
                                  # copy's; when present, shared capacity = factor x one copy's rate
     serial = false               # optional: copies move one at a time in start order (FIFO) instead of
                                  # sharing the link; engines then = copies committed to the hardware
+    issue_s = 0.0                # optional: host time to issue one copy; it delays the compute stream
+                                 # (a host-bound executor launches kernels and copies from one thread)
     [copy.curve]                 # optional measured single-copy times (linear interpolation in size)
     sizes_bytes = [262144, 1048576]
     pinned_s = [7.8e-06, 2.4e-05]
@@ -35,7 +37,8 @@ measurements, presets live in ``sim/profiles/*.toml``)::
 
     [[compute.curves]]           # optional measured op times, one table per op and model shape
     op = "expert"                # attention, norm, router, add, expert, shared, dense,
-                                 # predictor_gpu, predictor_cpu
+                                 # predictor_gpu, predictor_cpu, host_layer (host time per MoE layer
+                                 # outside the ops: the executor's decisions, events and polling)
     shape = "Qwen/Qwen3-30B-A3B" # ModelShape.name the op was measured for (curves apply to it only)
     tokens = [1, 2, 4, 8, 16]    # tokens in the call (batch x positions)
     seconds = [5e-05, 5e-05, 5e-05, 5e-05, 5.1e-05]
@@ -67,7 +70,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-OPS = ("attention", "norm", "router", "add", "expert", "shared", "dense", "predictor_gpu", "predictor_cpu")
+OPS = (
+    "attention",
+    "norm",
+    "router",
+    "add",
+    "expert",
+    "shared",
+    "dense",
+    "predictor_gpu",
+    "predictor_cpu",
+    "host_layer",
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,7 @@ class CopyProfile:
     concurrency_factor: float | None = None
     curve: CopyCurve | None = None
     serial: bool = False
+    issue_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.engines < 1:
@@ -220,6 +235,8 @@ class HardwareProfile:
             del doc["copy"]["concurrency_factor"]
         if not self.copy.serial:
             del doc["copy"]["serial"]  # keeps run keys of profiles without the field unchanged
+        if not self.copy.issue_s:
+            del doc["copy"]["issue_s"]
         return doc
 
     @classmethod

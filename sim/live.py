@@ -11,8 +11,8 @@ predictions come from the trace; the predictor and router kernels still run for 
 Host-side scheduling mirrors the simulator's link model (sim.link):
 
 - every transfer the controller returns is *gated* by a CUDA event at its logical issue point (layer
-  start, prediction ready, router, layer end); the host starts it only once that event has passed on the
-  GPU, so a host running ahead of the GPU never issues early;
+  start, prediction ready, router, layer end): its copy stream waits for that event on the GPU, so a
+  host running ahead of the GPU never starts a copy early, and no host polling delays it either;
 - at most ``engines`` copies are in flight (one per copy stream); started copies run to completion;
   waiting ones are started in ``(priority, seq)`` order, demand loads first, and a late prefetch needed
   by the router is promoted to demand priority; a copy into a slot whose previous copy has not landed
@@ -220,14 +220,19 @@ class _Device:
         if self.cuda:
             self.torch.cuda.set_stream(stream)
 
-    def issue_copy(self, engine: int, dst: Any, src: Any, timing: bool = False) -> tuple[Any, Any]:
-        """Copy ``src`` (pinned host) into ``dst`` (a GPU slot) on copy engine ``engine``; returns the
-        (start, done) markers (start is None unless ``timing``). Calibration times exactly this."""
+    def issue_copy(
+        self, engine: int, dst: Any, src: Any, timing: bool = False, gate: Any = None
+    ) -> tuple[Any, Any]:
+        """Copy ``src`` (pinned host) into ``dst`` (a GPU slot) on copy engine ``engine``, not before the
+        GPU passed ``gate``; returns the (start, done) markers (start is None unless ``timing``).
+        Calibration times exactly this path."""
         if not self.cuda:
             start = time.perf_counter()
             dst.copy_(src)
             return start, time.perf_counter()
         stream = self.copy[engine]
+        if gate is not None:
+            stream.wait_event(gate)
         self.torch.cuda.set_stream(stream)
         start = self.marker(stream, True) if timing else None
         dst.copy_(src, non_blocking=True)
@@ -347,20 +352,23 @@ class _CopyQueue:
             heapq.heappush(pending, item)
 
     def _eligible(self, transfer: _Transfer) -> bool:
+        """A copy may take an engine once the previous copy into its slot has landed (its gate is
+        enforced on the GPU: the copy stream waits for the gate's event)."""
         previous = transfer.previous
         if previous is not None:
             if previous.state != LANDED:
                 return False
             transfer.previous = None
-        gate = transfer.gate
-        if not gate.done:
-            gate.done = self.dev.passed(gate.marker)
-        return gate.done
+        return True
 
     def _start(self, transfer: _Transfer, engine: int) -> None:
         request = transfer.request
         transfer.start, transfer.done = self.dev.issue_copy(
-            engine, self.slots[request.slot], self.host[request.key % len(self.host)], self.timeline.on
+            engine,
+            self.slots[request.slot],
+            self.host[request.key % len(self.host)],
+            self.timeline.on,
+            transfer.gate.marker,
         )
         transfer.state = STARTED
         transfer.engine = engine
