@@ -30,6 +30,7 @@ from collections import deque
 from sim.controller import FetchRequest
 
 QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)
+INF = float("inf")
 
 
 class Transfer(FetchRequest):
@@ -51,12 +52,7 @@ class Transfer(FetchRequest):
         self.target = target
         self.state = QUEUED
         self.blocked: list[Transfer] = []
-        self.waits_for: Transfer | None = None
-        self.start_s = -1.0
-        self.end_s = -1.0
-        self.setup_end = 0.0
-        self.finish_v = 0.0
-        self.engine = -1
+        # waits_for, start_s, setup_end, finish_v, engine and end_s are set by the link before any read
 
 
 class Link:
@@ -111,6 +107,13 @@ class Link:
             if transfer.priority < previous.priority:
                 self.promote(previous, transfer.priority)
             return
+        if self._free and not self._queue:  # an idle engine takes it at once
+            transfer.state = SETUP
+            transfer.engine = self._free.pop()
+            transfer.start_s = self.now
+            transfer.setup_end = self.now + self.latency_s
+            self._setup.append(transfer)
+            return
         heapq.heappush(self._queue, (transfer.priority, transfer.seq, transfer))
         if self._free:
             self._dispatch()
@@ -142,61 +145,73 @@ class Link:
     def advance(self, t: float, until: Transfer | None = None) -> None:
         """Run the link until time ``t``, or until copy ``until`` has landed if that comes first; landed
         copies are appended to ``completed``. One loop, no calls per event: this is the hot path."""
+        if until is not None and until.state == DONE:
+            return
         setup, wire = self._setup, self._wire
         if not setup and not wire:  # idle link: nothing happens until the next submission
             if t > self.now and until is None:
                 self.now = t
             return
         now, virtual, busy = self.now, self.virtual, self.busy_s
-        rates, inf = self._rates, float("inf")
+        rates, size, ready, serial = self._rates, self.size_bytes, self._ready, self.serial
+        n_wire = len(wire)
+        rate = rates[n_wire]
         while True:
-            n_wire = len(wire)
-            next_setup = setup[0].setup_end if setup else inf
+            next_setup = setup[0].setup_end if setup else INF
             if n_wire:
-                rate = rates[n_wire]
                 next_done = now + (wire[0].finish_v - virtual) / rate
-            else:
-                next_done = inf
-            t_next = next_setup if next_setup < next_done else next_done
-            if t_next > t or t_next == inf:
-                if t > now and t != inf:
-                    if n_wire:
-                        virtual += rate * (t - now)
-                        busy += t - now
-                    now = t
-                break
-            if t_next > now:
-                if n_wire:
-                    virtual += rate * (t_next - now)
-                    busy += t_next - now
-                now = t_next
-            if next_done <= next_setup:
-                transfer = wire.popleft()
-                if self._ready:  # serial link: the next copy in line takes the wire
-                    head = self._ready.popleft()
-                    head.state = WIRE
-                    head.finish_v = virtual + self.size_bytes
-                    wire.append(head)
-                transfer.state = DONE
-                transfer.end_s = now
-                self.pending -= 1
-                self._free.append(transfer.engine)
-                self.completed.append(transfer)
-                if transfer.blocked:
-                    self._unblock(transfer)
-                if self._queue:
-                    self.now = now
-                    self._dispatch()
-                if transfer is until:
-                    break
-            else:
-                transfer = setup.popleft()
-                if self.serial and wire:
-                    self._ready.append(transfer)
+                if next_done <= next_setup:  # a copy lands
+                    if next_done > t:
+                        break
+                    if next_done > now:
+                        virtual += rate * (next_done - now)
+                        busy += next_done - now
+                        now = next_done
+                    transfer = wire.popleft()
+                    if ready:  # serial link: the next copy in line takes the wire
+                        head = ready.popleft()
+                        head.state = WIRE
+                        head.finish_v = virtual + size
+                        wire.append(head)
+                    else:
+                        n_wire -= 1
+                        rate = rates[n_wire]
+                    transfer.state = DONE
+                    transfer.end_s = now
+                    self.pending -= 1
+                    self._free.append(transfer.engine)
+                    self.completed.append(transfer)
+                    if transfer.blocked:
+                        self._unblock(transfer)
+                    if self._queue:
+                        self.now = now
+                        self._dispatch()
+                    if transfer is until:
+                        break
                     continue
-                transfer.state = WIRE
-                transfer.finish_v = virtual + self.size_bytes
-                wire.append(transfer)
+            elif not setup:
+                break
+            if next_setup > t:  # a setup ends
+                break
+            if next_setup > now:
+                if n_wire:
+                    virtual += rate * (next_setup - now)
+                    busy += next_setup - now
+                now = next_setup
+            transfer = setup.popleft()
+            if serial and n_wire:
+                ready.append(transfer)
+                continue
+            transfer.state = WIRE
+            transfer.finish_v = virtual + size
+            wire.append(transfer)
+            n_wire += 1
+            rate = rates[n_wire]
+        if now < t < INF:
+            if n_wire:
+                virtual += rate * (t - now)
+                busy += t - now
+            now = t
         self.now, self.virtual, self.busy_s = now, virtual, busy
 
     def finish_time(self, transfer: Transfer) -> float:
