@@ -144,6 +144,10 @@ class Calibration:
     concurrency: list[ConcurrencyPoint]
     shapes: dict[str, ShapeTimings]
     notes: str = ""
+    #: host time to issue one copy through the live executor (dispatch + the decision per transfer)
+    issue_s: float = 0.0
+    #: per shape: host time per MoE layer of the live decode loop beyond its ops (see measure_host_layer)
+    host_layer_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -433,7 +437,8 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         ffns["dense"] = shape.dense_intermediate_size
     for op, intermediate in ffns.items():
         elems = kernels.expert_elements(h, intermediate)
-        weights = rand(rotation_count(elems * 2, effort.rotate_bytes), elems)
+        # one view per rotated copy, made once (the live executor keeps one view per slot too)
+        weights = list(rand(rotation_count(elems * 2, effort.rotate_bytes), elems).unbind(0))
         for n_tok in effort.tokens:
             x = rand(n_tok, h)
             out = torch.zeros_like(x)
@@ -481,6 +486,100 @@ def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) 
     ]
 
 
+#: MoE layers of the truncated model a host-layer calibration run decodes, and its tokens
+HOST_LAYERS = 4
+HOST_TOKENS = 32
+
+
+def truncated_shape(shape: ModelShape, moe_layers: int = HOST_LAYERS) -> ModelShape:
+    """The same model (same name, so its op curves apply) cut to its first ``moe_layers`` MoE layers
+    and the dense layers before them."""
+    last = shape.moe_layers[min(moe_layers, shape.num_moe_layers) - 1]
+    return dataclasses.replace(
+        shape, num_layers=last + 1, moe_layers=tuple(j for j in shape.moe_layers if j <= last)
+    )
+
+
+def measure_dispatch_s(device: Any, engines: int, reps: int) -> float:
+    """Median host time of handing one copy to the live executor's copy queue (submit and dispatch onto
+    a free copy stream), with small copies so the hardware queue never backs up."""
+    import torch
+
+    from sim import live
+    from sim.controller import FetchRequest
+
+    dev = live._Device(device, engines)
+    n = 4 * engines
+    slots = [torch.empty(32768, dtype=torch.bfloat16, device=device) for _ in range(n)]
+    host = [torch.empty(32768, dtype=torch.bfloat16, pin_memory=dev.cuda) for _ in range(n)]
+    queue = live._CopyQueue(dev, slots, host, lambda _r: None, live._LiveTimeline(dev, 0, 0))
+    gate = live._Gate(dev.marker())
+    samples = []
+    for seq in range(reps):
+        queue.drain()
+        request = FetchRequest(seq, seq, 0, seq, seq % n, 1, False, 0)
+        t0 = time.perf_counter()
+        queue.submit([request], gate)
+        samples.append(time.perf_counter() - t0)
+    queue.drain()
+    return median(samples)
+
+
+def measure_decision_per_transfer_s(shape: ModelShape, trace: Any) -> float:
+    """Host time the decision objects spend per transfer: a clockless pass with every expert a demand
+    load (no cache, on-demand) minus one with every expert resident, per transfer."""
+    from sim.cache import CacheConfig
+    from sim.controller import DecodeController, run_decisions
+    from sim.policies import PolicySpec, make_policy
+    from sim.workload import Workload
+
+    def timed(policy: str) -> tuple[float, int]:
+        best, transfers = float("inf"), 0
+        for _ in range(3):
+            controller = DecodeController(
+                Workload(trace), make_policy(PolicySpec(policy), trace.top_k), CacheConfig(slots=0)
+            )
+            t0 = time.perf_counter()
+            counters = run_decisions(controller)
+            best = min(best, time.perf_counter() - t0)
+            transfers = counters.transfers
+        return best, transfers
+
+    on_demand, transfers = timed("on-demand")
+    resident, _ = timed("resident")
+    return max(0.0, (on_demand - resident) / max(transfers, 1))
+
+
+def measure_host_layer(
+    shape: ModelShape, provisional: Any, device: Any, engines: int, progress: Callable[[str], None]
+) -> float:
+    """Host time per MoE layer that the live decode loop spends beyond its ops: decode a synthetic trace
+    on a truncated copy of the model with every expert resident (no copies), and take the median over
+    steps of (live step time - the simulator's step time from ``provisional``, the profile of the ops
+    just measured) per MoE layer. A calibration of the executor, on its own synthetic trace."""
+    import numpy as np
+
+    from sim import live
+    from sim.cache import CacheConfig
+    from sim.config import SimOptions
+    from sim.policies import PolicySpec
+    from sim.simulation import simulate
+    from sim.validate import synthetic_trace
+
+    small = truncated_shape(shape)
+    trace = synthetic_trace(small, HOST_TOKENS)
+    progress(f"host time per layer of {shape.name} (live decode, {small.num_moe_layers} layers)")
+    options = live.LiveOptions(device=str(device), host_budget_bytes=small.bytes_per_expert)
+    model = live.open_model(
+        small, small.num_moe_layers * small.num_experts, False, 1, HOST_TOKENS + 1, False, engines, options
+    )
+    run = (CacheConfig(fraction=1.0), PolicySpec("resident"), SimOptions(warmup_steps=2))
+    ran = live.run_live(model, trace, provisional, *run, options)
+    simulated = simulate(trace, small, provisional, *run)
+    diff = (ran.step_latency_s - simulated.step_latency_s)[2:]
+    return float(np.median(diff)) / small.num_moe_layers
+
+
 def copy_engine_count(device: Any) -> int | None:
     """The GPU's asynchronous copy engine count (cudaDevAttrAsyncEngineCount), or None if unreadable."""
     if device.type != "cuda":
@@ -525,8 +624,10 @@ def calibrate(
     device: str = "auto",
     effort: Effort | None = None,
     progress: Callable[[str], None] | None = None,
+    host_costs: bool = True,
 ) -> Calibration:
-    """Run every measurement on ``device`` ("auto": cuda if available) for the given model shapes."""
+    """Run every measurement on ``device`` ("auto": cuda if available) for the given model shapes;
+    ``host_costs`` also measures the live executor's host costs (needs the simulator, i.e. simpy)."""
     import torch
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
@@ -552,7 +653,7 @@ def calibrate(
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     env = _environment(dev)
-    return Calibration(
+    result = Calibration(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         device=dev.type,
         copy_engines=copy_engine_count(dev),
@@ -564,6 +665,24 @@ def calibrate(
         shapes=timings,
         **env,
     )
+    if host_costs:
+        say("host costs of the live executor")
+        provisional = to_profile(result, shapes)
+        engines = provisional.copy.engines
+        dispatch = measure_dispatch_s(dev, engines, max(20, effort.reps))
+        decision = measure_decision_per_transfer_s(shapes[0], synthetic_trace_for(shapes[0]))
+        result.issue_s = dispatch + decision
+        for shape in shapes:
+            result.host_layer_s[shape.name] = measure_host_layer(shape, provisional, dev, engines, say)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return result
+
+
+def synthetic_trace_for(shape: ModelShape) -> Any:
+    from sim.validate import synthetic_trace
+
+    return synthetic_trace(truncated_shape(shape), HOST_TOKENS)
 
 
 # ---------------------------------------------------------------------------------------------- the profile
@@ -608,6 +727,8 @@ def to_profile(
         curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
         per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
         curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
+        if shape.name in result.host_layer_s:
+            curves.append(OpCurve("host_layer", shape.name, (1,), (result.host_layer_s[shape.name],)))
     source = (
         "cpu smoke run (NOT a GPU measurement; numbers are meaningless)"
         if smoke or result.device == "cpu"
@@ -654,6 +775,7 @@ def to_profile(
             concurrency_factor=sharing,
             curve=CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ()),
             serial=serial,
+            issue_s=result.issue_s,
         ),
         compute=ComputeProfile(
             launch_overhead_s=result.launch_overhead_s,
@@ -688,6 +810,11 @@ def summary_text(result: Calibration) -> str:
         f"launch {result.launch_overhead_s * 1e6:.1f} us | matmul {result.matmul_tflops:.0f} TFLOP/s | "
         f"device memory {result.device_bandwidth_gbps:.0f} GB/s",
     ]
+    if result.host_layer_s:
+        per_layer = ", ".join(f"{k} {v * 1e6:+.0f} us" for k, v in result.host_layer_s.items())
+        lines.append(
+            f"live executor host costs: {result.issue_s * 1e6:.1f} us per copy; per layer {per_layer}"
+        )
     for name, t in result.shapes.items():
         lines.append(
             f"{name}: attention {t.attention_s[0][0] * 1e6:.0f}-{t.attention_s[0][-1] * 1e6:.0f} us "

@@ -146,7 +146,7 @@ def new_predictor(
         torch.nn.Dropout(0.1),
         torch.nn.Linear(PREDICTOR_HIDDEN, shape.num_experts),
     )
-    return model.to(device=device, dtype=dtype or torch_dtype(shape)).eval()
+    return model.to(device=device, dtype=dtype or torch_dtype(shape)).eval().requires_grad_(False)
 
 
 class GraphedCall:

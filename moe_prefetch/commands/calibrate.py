@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="full",
         help="full: the real sweep (about a minute per shape on an H200); smoke: tiny sizes, seconds",
     )
+    parser.add_argument(
+        "--no-host-costs",
+        action="store_true",
+        help="skip the live executor's host costs (per-copy issue time, per-layer loop time); these need "
+        "the simulator (simpy) on the GPU machine",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -66,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         shapes,
         device=args.device,
         effort=effort,
+        host_costs=not args.no_host_costs,
         progress=lambda m: print(f"calibrate: {m}", file=sys.stderr),
     )
     if args.raw:
