@@ -173,42 +173,61 @@ def run_live_grid(
 
     say = progress or (lambda _m: None)
     live_options = live_options or live.LiveOptions()
+    results: list[SimResult] = []
+    for run in grid.shapes:
+        try:
+            results.extend(_live_shape(run, grid, hardware, live_options, base_dir, say))
+        except InputError:
+            raise
+        except Exception as exc:  # one shape's failure (e.g. out of memory) must not lose the others
+            say(f"WARNING: {run.shape}: live runs failed ({type(exc).__name__}: {exc})")
+        _release_gpu()
+    return results
+
+
+def _live_shape(
+    run: ShapeRun,
+    grid: Grid,
+    hardware: HardwareProfile,
+    live_options: Any,
+    base_dir: str | os.PathLike[str],
+    say: Callable[[str], None],
+) -> list[SimResult]:
+    from sim import live
+
     options = grid.options()
     results = []
-    for run in grid.shapes:
-        shape, trace = shape_trace(run, base_dir)
-        points = grid_points(grid)
-        plans = [live.prepare(trace, shape, spec, grid.cache(f), options) for spec, f in points]
-        slots = max(p[2] for p in plans)
-        predictor = any(p[1].predictor_kind == "mlp" for p in plans)
-        transfers = any(not p[1].resident for p in plans)
-        context = int(trace.pos.max()) + 1
-        say(f"{shape.name}: building live model ({slots} slots, context {context})")
-        model = live.open_model(
-            shape,
-            slots,
-            transfers,
-            options.batch_size,
-            context,
-            predictor,
-            hardware.copy.engines,
-            live_options,
+    shape, trace = shape_trace(run, base_dir)
+    points = grid_points(grid)
+    plans = [live.prepare(trace, shape, spec, grid.cache(f), options) for spec, f in points]
+    slots = max(p[2] for p in plans)
+    predictor = any(p[1].predictor_kind == "mlp" for p in plans)
+    transfers = any(not p[1].resident for p in plans)
+    context = int(trace.pos.max()) + 1
+    say(f"{shape.name}: building live model ({slots} slots, context {context})")
+    model = live.open_model(
+        shape,
+        slots,
+        transfers,
+        options.batch_size,
+        context,
+        predictor,
+        hardware.copy.engines,
+        live_options,
+    )
+    first_spec, first_fraction = points[0]
+    burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
+    live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
+    for spec, fraction in points:
+        say(f"{shape.name}: live {spec.label()} at {fraction:g} of experts")
+        results.append(
+            live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
         )
-        first_spec, first_fraction = points[0]
-        burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
-        live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
-        for spec, fraction in points:
-            say(f"{shape.name}: live {spec.label()} at {fraction:g} of experts")
-            results.append(
-                live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
-            )
-        say(f"{shape.name}: live {first_spec.label()} at {first_fraction:g} again (repeatability)")
-        again = live.run_live(
-            model, trace, hardware, grid.cache(first_fraction), first_spec, options, live_options
-        )
-        results.append(dataclasses.replace(again, clock=REPEAT_CLOCK))
-        del model
-        _release_gpu()
+    say(f"{shape.name}: live {first_spec.label()} at {first_fraction:g} again (repeatability)")
+    again = live.run_live(
+        model, trace, hardware, grid.cache(first_fraction), first_spec, options, live_options
+    )
+    results.append(dataclasses.replace(again, clock=REPEAT_CLOCK))
     return results
 
 
