@@ -10,8 +10,9 @@ the same decisions:
   later one (in router order) is replaced by the smallest expert id not yet used there, so a token-layer
   still needs ``k`` distinct experts. Predictions are mapped the same way and deduplicated, keeping rank
   order (a repeated id becomes the smallest unused id, like the routing);
-- ``top_k`` stays the trace's: the target's compute then runs the trace's number of experts per token.
-  Use a trace whose ``top_k`` equals the target's for like-for-like runs.
+- a trace routing more experts per token than the target keeps the first ``top_k`` of the target in
+  router order (the highest-weighted ones); a trace routing fewer is refused. Prediction lists keep
+  their width (policies take their top-k from them).
 
 The result is a new Trace whose metadata names the target shape and records the mapping in
 ``provenance.notes``; origin and everything else of the provenance are kept.
@@ -57,8 +58,9 @@ def retarget_trace(trace: Trace, shape: ModelShape) -> Trace:
     src = trace.metadata.model
     if trace.num_layers == 0:
         raise ValueError("trace has no MoE layers")
-    if trace.top_k > shape.num_experts:
-        raise ValueError(f"trace top_k={trace.top_k} exceeds target's {shape.num_experts} experts")
+    if trace.top_k < shape.top_k:
+        raise ValueError(f"trace routes top-{trace.top_k}, fewer than the target's top-{shape.top_k}")
+    k = shape.top_k
     layer_map = np.arange(shape.num_moe_layers) % trace.num_layers
     t, n_layers = trace.num_tokens, shape.num_moe_layers
 
@@ -78,7 +80,8 @@ def retarget_trace(trace: Trace, shape: ModelShape) -> Trace:
     note = (
         f"retargeted from {src.name} ({trace.num_layers} MoE layers, {src.num_experts} experts) onto "
         f"{shape.name}: layer j <- trace layer j mod {trace.num_layers}, expert e -> e mod "
-        f"{shape.num_experts}, duplicates replaced by the smallest unused id"
+        f"{shape.num_experts}, duplicates replaced by the smallest unused id, first {k} of "
+        f"{trace.top_k} routed experts kept"
     )
     provenance = dataclasses.replace(
         trace.metadata.provenance, notes="; ".join(x for x in (trace.metadata.provenance.notes, note) if x)
@@ -92,8 +95,8 @@ def retarget_trace(trace: Trace, shape: ModelShape) -> Trace:
     return dataclasses.replace(
         trace,
         metadata=metadata,
-        experts=remap(trace.experts, keep_missing=False),
-        weights=take_layers(trace.weights),
+        experts=remap(trace.experts[:, :, :k], keep_missing=False),
+        weights=take_layers(trace.weights[:, :, :k]),
         logits=take_layers(trace.logits) if same_experts else None,
         predictions=predictions,
         confidences=confidences,

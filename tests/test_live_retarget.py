@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,3 +66,19 @@ def test_dedupe_gives_distinct_ids_and_keeps_first_occurrences(rows: list[list[i
             if b not in seen:
                 assert a == b
             seen.add(b)
+
+
+def test_a_trace_routing_more_experts_keeps_the_first_in_router_order() -> None:
+    source = _source()  # top-8 of 64
+    target = KNOWN_SHAPES["deepseek-v2-lite"]  # top-6 of 64, first layer dense
+    out = retarget_trace(source, target)
+    assert out.experts.shape == (source.num_tokens, 26, 6)
+    assert np.array_equal(out.experts[:, 0], source.experts[:, 0, :6])
+    assert out.weights.shape == out.experts.shape
+
+
+def test_a_trace_routing_fewer_experts_than_the_target_is_refused() -> None:
+    source = _source()
+    source.experts = source.experts[:, :, :2].copy()
+    with pytest.raises(ValueError, match="fewer than"):
+        retarget_trace(source, KNOWN_SHAPES["qwen3-30b-a3b"])
