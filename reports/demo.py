@@ -37,11 +37,18 @@ from reports.inputs import (
     run_inputs,
 )
 from sim.config import trace_fingerprint
-from sim.policies import PolicySpec, make_policy
+from sim.policies import PolicySpec
 from sim.results import SimResult
-from sim.sweep import RunPoint, SweepSpec, expand, load_sweep_trace, run_sweep, simulate_point
+from sim.sweep import (
+    RunPoint,
+    SweepSpec,
+    expand,
+    load_sweep_trace,
+    policy_problem,
+    run_sweep,
+    simulate_point,
+)
 from sim.sweep_exec import execute_local
-from sim.workload import DERIVED_SOURCES
 from traces.shapes import KNOWN_SHAPES
 from traces.synthetic import SyntheticSpec, generate_trace
 from traces.trace import Trace, write_trace
@@ -186,21 +193,10 @@ def _synthetic_trace(path: Path, settings: DemoSettings) -> TraceInput:
 
 
 def applicable_policies(trace: Trace) -> list[str]:
-    """The demo's policies whose prediction sources this trace has (and wide enough for over-provisioning)."""
+    """The demo's policies that can replay this trace (its prediction columns exist and are wide enough)."""
     k_prime = paper_overprovision(trace.top_k, trace.num_experts)
-    available = set(trace.predictions) | set(DERIVED_SOURCES)
-    chosen = []
-    for text in POLICIES:
-        spec = PolicySpec.parse(text.format(k_prime=k_prime))
-        sources = make_policy(spec, trace.top_k).sources
-        if not all(s in available for s in sources):
-            continue
-        if spec.m is not None and any(
-            trace.predictions[s].shape[2] < spec.m for s in sources if s in trace.predictions
-        ):
-            continue
-        chosen.append(spec.label())
-    return list(dict.fromkeys(chosen))
+    specs = [PolicySpec.parse(text.format(k_prime=k_prime)) for text in POLICIES]
+    return list(dict.fromkeys(spec.label() for spec in specs if policy_problem(trace, spec) is None))
 
 
 def _tokens_per_trace(

@@ -47,11 +47,12 @@ from sim.cache import CacheConfig
 from sim.config import HOST_MEMORY, RunConfig, SimOptions, trace_fingerprint
 from sim.eviction import EVICTION_RULES
 from sim.hardware import HardwareProfile, load_profile, preset_names
-from sim.policies import PolicySpec
+from sim.policies import ConfidencePrefetch, PolicySpec, make_policy
 from sim.results import SimResult
 from sim.simulation import simulate
 from sim.sweep_exec import execute_local, execute_ray, materialise, resolve_shared
 from sim.sweep_store import KEY_COLUMN, ResultStore, Row
+from sim.workload import DERIVED_SOURCES
 from traces.fileio import InputError
 from traces.trace import Trace, read_trace
 
@@ -307,6 +308,10 @@ def expand(spec: SweepSpec, traces: Mapping[Path, Trace] | None = None) -> list[
     points: dict[str, RunPoint] = {}
     for path in spec.traces:
         trace = traces[path]
+        for policy in spec.policies:
+            problem = policy_problem(trace, PolicySpec.parse(policy))
+            if problem:
+                raise InputError(spec.source, f"policy '{policy}' cannot replay {path.name}: {problem}")
         fingerprint = trace_fingerprint(trace)
         trace_labels = {
             "trace": path.stem,
@@ -364,6 +369,22 @@ def expand(spec: SweepSpec, traces: Mapping[Path, Trace] | None = None) -> list[
                 point = RunPoint(config, str(path), spec.max_tokens, labels)
                 points.setdefault(point.key, point)
     return list(points.values())
+
+
+def policy_problem(trace: Trace, spec: PolicySpec) -> str | None:
+    """Why ``spec`` cannot replay ``trace`` (a missing or too narrow prediction column), or None."""
+    policy = make_policy(spec, trace.top_k)
+    for source in policy.sources:
+        if source in DERIVED_SOURCES:
+            continue
+        if source not in trace.predictions:
+            return f"the trace has no 'pred.{source}' column"
+        width = trace.predictions[source].shape[2]
+        if spec.m is not None and width < spec.m:
+            return f"'pred.{source}' ranks {width} experts, fewer than m={spec.m}"
+        if isinstance(policy, ConfidencePrefetch) and source not in trace.confidences:
+            return f"the trace has no 'conf.{source}' scores"
+    return None
 
 
 def what_if_hardware(

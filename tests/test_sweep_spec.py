@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moe_prefetch.cli import main
@@ -129,3 +131,46 @@ def test_cli_reports_a_bad_sweep_file_in_one_line_with_exit_2(tmp_path, capsys) 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "not valid TOML" in err[0]
     assert not (tmp_path / "r.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("policy", "problem"),
+    [
+        ("cross-layer", "no 'pred.cross-layer' column"),
+        ("pre-attention:m=12", "ranks 10 experts, fewer than m=12"),
+        ("confidence", "no 'conf.pre-attention' scores"),
+    ],
+)
+def test_policy_the_trace_cannot_support_is_refused_before_any_run(
+    tmp_path, trace_file, policy, problem
+) -> None:
+    path = _sweep(tmp_path, f'[sweep]\ntraces = ["traces/*"]\npolicies = ["{policy}"]\ncache_slots = [64]\n')
+    with pytest.raises(InputError, match=problem):
+        expand(load_sweep(path))
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "sweeps").glob("*.toml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_sweep_files_describe_valid_grids(tmp_path, example) -> None:
+    # the examples point at ../../traces/data/*.parquet: rebuild that layout around a synthetic trace
+    # with every prediction column the examples use
+    data = tmp_path / "traces" / "data"
+    data.mkdir(parents=True)
+    spec = SyntheticSpec(
+        KNOWN_SHAPES["olmoe-1b-7b"],
+        num_sequences=1,
+        tokens_per_sequence=4,
+        predictor_accuracy={"pre-attention": 0.9, "cross-layer": 0.7},
+        prediction_width=12,
+    )
+    trace = generate_trace(spec)
+    scores = np.linspace(1, 0, 12, dtype=np.float16) * np.ones(trace.predictions["pre-attention"].shape)
+    trace = trace.with_prediction(trace.metadata.predictors[0], trace.predictions["pre-attention"], scores)
+    write_trace(trace, data / "t.parquet")
+    copy = tmp_path / "examples" / "sweeps" / example.name
+    copy.parent.mkdir(parents=True)
+    copy.write_text(example.read_text())
+    sweep = load_sweep(copy)
+    assert len(expand(sweep)) == sweep.num_runs > 1
