@@ -47,7 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per collection forward pass")
     parser.add_argument("--predictor-args", default="--arch all", help="extra args of 'predictor train'")
-    parser.add_argument("--evaluate-args", default="", help="extra args of 'predictor evaluate'")
+    parser.add_argument(
+        "--evaluate-args",
+        default="--trace-predictors pre-attention,cross-layer,previous-token,oracle",
+        help="extra args of 'predictor evaluate' (default: the predictor columns the shipped traces keep)",
+    )
+    parser.add_argument(
+        "--ship-tokens",
+        type=int,
+        default=20480,
+        help="the shipped trace keeps the first test sequences that reach this many tokens (default: 20480)",
+    )
     parser.add_argument("--skip-predictors", action="store_true", help="stop after collection")
     parser.add_argument("--parallel", action="store_true", help="one process per model, side by side")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny widths, a few steps: a check")
@@ -88,7 +98,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     log = work / "pipeline.log"
     log.write_text("")
     device = ["--device", "cpu"] if args.smoke else []
-    checkpoint, trace, acts = work / "model", work / "trace.parquet", work / "acts"
+    checkpoint, trace, acts = args.work / "models" / name, work / "trace.parquet", work / "acts"
     predictors, tables, final = work / "predictors", work / "tables", work / "trace_predictions.parquet"
     timings: dict[str, float] = {}
     status = "ok"
@@ -97,7 +107,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     train += ["--minutes", str(args.train_minutes)]
     collect = ["collect", "--model", str(checkpoint), "--corpus", str(args.bundle), "--split", "test"]
     tokens = min(args.collect_tokens, 8192) if args.smoke else args.collect_tokens
-    collect += ["--out", str(trace), "--activations", str(acts), "--max-tokens", str(tokens)]
+    # router logits: the ranking-aware loss needs the router's full ranking, not only its top-k
+    collect += ["--out", str(trace), "--activations", str(acts), "--max-tokens", str(tokens), "--logits"]
     collect += ["--batch-size", str(args.batch_size)] + (["--seq-len", "64"] if args.smoke else [])
     fit = ["predictor", "train", "--activations", str(acts), "--out", str(predictors), "--quiet"]
     fit += args.predictor_args.split() + (["--epochs", "2", "--hidden", "64"] if args.smoke else [])
@@ -117,36 +128,48 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     shipped = final if final.exists() else trace
     summary = {"model": name, "status": status, "seconds": timings}
     if shipped.exists():
-        summary["trace"] = ship(shipped, args.out / f"{name}.parquet", timings)
+        summary["trace"] = ship(shipped, args.out / f"{name}.parquet", timings, args.ship_tokens)
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
-    pack_results(name, work, args.out / f"{name}.results.tar.gz")
+    pack_results(name, work, checkpoint, args.out / f"{name}.results.tar.gz")
     return summary
 
 
-def ship(trace_path: Path, out: Path, timings: dict[str, float]) -> dict:
-    """Write the trace compactly (see traces.trace.write_trace) with the pipeline's timings recorded."""
+def ship(trace_path: Path, out: Path, timings: dict[str, float], ship_tokens: int) -> dict:
+    """Write the first whole sequences reaching ``ship_tokens`` tokens compactly (see
+    traces.trace.write_trace), recording the pipeline's timings and what was kept."""
     import dataclasses
+
+    import numpy as np
 
     from traces.trace import read_trace, write_trace
 
     trace = read_trace(trace_path)
+    starts = trace.seq_starts
+    sequences = int(np.searchsorted(starts[1:], ship_tokens, side="left")) + 1
+    kept = trace.select_tokens(np.arange(int(starts[min(sequences, len(starts) - 1)])))
     provenance = trace.metadata.provenance
-    recipe = {**provenance.recipe, "pipeline_seconds": timings}
+    shipped = {
+        "sequences": f"first {kept.seq_starts.size - 1} of {starts.size - 1} sequences of the trace",
+        "tokens": f"{kept.num_tokens} of {trace.num_tokens}",
+        "predictor_metrics": "computed by 'predictor evaluate' over all tokens of the trace",
+        "precision": "router weights and confidences rounded to bfloat16 precision; router logits left out",
+    }
+    recipe = {**provenance.recipe, "pipeline_seconds": timings, "shipped": shipped}
     metadata = dataclasses.replace(trace.metadata, provenance=dataclasses.replace(provenance, recipe=recipe))
-    write_trace(dataclasses.replace(trace, metadata=metadata), out, compact=True)
-    return {"tokens": trace.num_tokens, "layers": trace.num_layers, "bytes": out.stat().st_size}
+    write_trace(dataclasses.replace(kept, metadata=metadata, logits=None), out, compact=True)
+    return {"tokens": kept.num_tokens, "of_tokens": trace.num_tokens, "bytes": out.stat().st_size}
 
 
-def pack_results(name: str, work: Path, out: Path) -> None:
+def pack_results(name: str, work: Path, checkpoint: Path, out: Path) -> None:
     """tables/*, the recipe (quality numbers), the summary and the log, in one small archive."""
-    files = [work / "pipeline.log", work / "summary.json", work / "model" / RECIPE_FILE]
+    files = [work / "pipeline.log", work / "summary.json", checkpoint / RECIPE_FILE]
     files += sorted((work / "tables").glob("*")) if (work / "tables").is_dir() else []
     files += [work / "predictors" / "predictors.json"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:gz") as tar:
         for path in files:
             if path.is_file():
-                tar.add(path, arcname=f"{name}/{path.relative_to(work)}")
+                tar.add(path, arcname=f"{name}/{path.name}")
 
 
 def run_parallel(names: list[str], args: argparse.Namespace, argv: list[str]) -> list[dict]:
@@ -184,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n=== pipeline finished in {time.perf_counter() - started:.0f} s")
     for summary in summaries:
         print(json.dumps(summary))
-        print_quality(args.work / summary["model"])
+        print_quality(args.work / summary["model"], args.work / "models" / summary["model"])
     return 0 if all(s["status"] == "ok" for s in summaries) else 1
 
 
-def print_quality(work: Path) -> None:
-    recipe_path = work / "model" / RECIPE_FILE
+def print_quality(work: Path, checkpoint: Path) -> None:
+    recipe_path = checkpoint / RECIPE_FILE
     if recipe_path.is_file():
         report = json.loads(recipe_path.read_text())
         quality = report.get("quality", {})

@@ -164,6 +164,11 @@ def _software() -> dict[str, str]:
     }
 
 
+def _program_name() -> str:
+    name = Path(sys.argv[0]).name
+    return "moe-prefetch" if name in ("__main__.py", "moe-prefetch") else name
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -184,7 +189,7 @@ def make_provenance(loaded: LoadedModel, device: torch.device, corpus: str, note
         gpu=device_description(device),
         software=_software(),
         corpus=corpus,
-        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        command=" ".join([_program_name(), *sys.argv[1:]]),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         notes="; ".join(remarks),
         recipe=loaded.recipe,

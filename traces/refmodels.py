@@ -47,7 +47,7 @@ class Recipe:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    aux_loss_coef: float = 0.01
+    aux_loss_coef: float = 0.02
     grad_clip: float = 1.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +69,7 @@ RECIPES: dict[str, Recipe] = {
         name="deepseek-v2-lite-like",
         mirrors="DeepSeek-V2-Lite (27 layers, first dense, 64 routed experts top-6 + 2 shared, h 2048)",
         model_type="deepseek_v2",
+        peak_lr=1e-3,  # 2e-3 diverged (NaN after ~180 steps) on the H200, 2026-11-28
         config=dict(
             _COMMON,
             num_key_value_heads=8,
@@ -228,6 +229,14 @@ def unigram_baseline(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_si
 # ---------------------------------------------------------------------------------------------- training
 
 
+#: Batches with a non-finite gradient that training tolerates (skipping them) before it gives up.
+MAX_SKIPPED_STEPS = 20
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite gradients again and again: the recipe is unstable."""
+
+
 @dataclass
 class TrainResult:
     model: Any
@@ -290,6 +299,7 @@ def train(
     total_steps = max_steps or 10**9
     warmup = min(recipe.warmup_steps, max(1, total_steps // 10))
     losses: list[tuple[int, float, float]] = []
+    skipped = 0
     start = time.perf_counter()
     measured_at = None
     step = 0
@@ -316,13 +326,18 @@ def train(
         for p, m in zip(params, master, strict=True):
             m.grad = p.grad.float() if p.grad is not None else torch.zeros_like(m)
             p.grad = None
-        torch.nn.utils.clip_grad_norm_(master, recipe.grad_clip)
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(master, recipe.grad_clip)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            with torch.no_grad():
+                torch._foreach_copy_(params, master)
+        else:  # a non-finite gradient would poison the weights: drop this batch
+            skipped += 1
+            if skipped > MAX_SKIPPED_STEPS:
+                raise TrainingDiverged(f"{recipe.name}: {skipped} non-finite gradients by step {step}")
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_copy_(params, master)
         if step % 50 == 0 or step == total_steps - 1:
-            losses.append((step, float(out.loss), float(aux)))
+            losses.append((step, float(out.loss.detach()), float(aux.detach())))
             _, lm, balance = losses[-1]
             log(f"{recipe.name} step {step}/{total_steps} lm {lm:.3f} aux {balance:.3f} lr {lr:.2e}")
         step += 1
@@ -342,6 +357,7 @@ def train(
         "parameters": int(sum(p.numel() for p in params)),
         "seed": recipe.seed,
         "steps": step,
+        "skipped_steps": skipped,
         "batch_sequences": batch,
         "seq_len": seq_len,
         "tokens_seen": int(step * batch * seq_len),

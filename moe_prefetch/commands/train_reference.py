@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from traces.refmodels import RECIPES
@@ -40,16 +41,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import math
+
     from traces.collect import resolve_device
     from traces.corpus import CorpusBundle
-    from traces.refmodels import evaluate, save, train
+    from traces.refmodels import TrainingDiverged, evaluate, save, train
 
     device = str(resolve_device(args.device))
     bundle = CorpusBundle(args.corpus)
     recipe = RECIPES[args.recipe]
-    result = train(recipe, bundle, device, args.minutes, smoke=args.smoke, max_steps=args.max_steps)
+    try:
+        result = train(recipe, bundle, device, args.minutes, smoke=args.smoke, max_steps=args.max_steps)
+    except TrainingDiverged as exc:
+        print(f"moe-prefetch: error: training diverged ({exc}); nothing saved", file=sys.stderr)
+        return 1
     seq_len = result.report["seq_len"]
     quality = evaluate(result.model, bundle, device, args.eval_tokens, seq_len=seq_len)
+    if not math.isfinite(quality["validation_loss"]):
+        print("moe-prefetch: error: validation loss is not finite; nothing saved", file=sys.stderr)
+        return 1
     save(result, quality, args.out)
     summary = {k: v for k, v in quality.items() if k != "router_balance"}
     print(json.dumps({"checkpoint": str(args.out), **summary, "tokens_seen": result.report["tokens_seen"]}))
