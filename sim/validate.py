@@ -162,8 +162,10 @@ def run_live_grid(
     live_options: Any = None,
     base_dir: str | os.PathLike[str] = ".",
     progress: Callable[[str], None] | None = None,
+    on_shape_done: Callable[[list[SimResult]], None] | None = None,
 ) -> list[SimResult]:
-    """Every grid point on the live executor (needs torch; a GPU unless ``live_options.device='cpu'``).
+    """Every grid point on the live executor (needs torch; a GPU unless ``live_options.device='cpu'``);
+    ``on_shape_done`` gets the results so far after each shape (to save them as the run goes).
 
     Per shape, a short burn-in run comes first and is discarded (the first run after building a model
     was markedly slower on the H200 machine), and the first grid point is run again at the end: those
@@ -182,6 +184,8 @@ def run_live_grid(
         except Exception as exc:  # one shape's failure (e.g. out of memory) must not lose the others
             say(f"WARNING: {run.shape}: live runs failed ({type(exc).__name__}: {exc})")
         _release_gpu()
+        if on_shape_done is not None:
+            on_shape_done(results)
     return results
 
 

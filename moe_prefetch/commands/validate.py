@@ -69,7 +69,9 @@ def _run(args: argparse.Namespace) -> int:
         from sim.live import LiveOptions
 
         options = LiveOptions(device=args.device, host_budget_bytes=int(args.host_budget_gib * GIB))
-        live = v.run_live_grid(grid, hardware, options, progress=say)
+        live = v.run_live_grid(
+            grid, hardware, options, progress=say, on_shape_done=lambda rs: write_results(rs, live_path)
+        )
         write_results(live, live_path)
         live_meta = _live_environment(args.device) | {"live_wall_s": time.perf_counter() - started}
         say(f"live results written to {live_path}")
