@@ -105,6 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="STEPS",
         help="record compute and copy intervals of the first STEPS steps (default 8 when given)",
     )
+    parser.add_argument(
+        "--max-tokens", type=int, metavar="N", help="simulate only the first N tokens of the trace"
+    )
     parser.add_argument("--out", metavar="FILE", help="write the results (.parquet, or .json for one policy)")
     parser.set_defaults(handler=_run)
 
@@ -121,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
     from traces.trace import read_trace
 
     trace = read_trace(args.trace)
+    if args.max_tokens is not None:
+        if args.max_tokens < 1:
+            raise InputError("--max-tokens", "must be >= 1")
+        trace = trace.select_tokens(slice(0, args.max_tokens))
     hardware = load_profile(args.hardware)
     shape = trace.metadata.model
     if args.shape:
