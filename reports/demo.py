@@ -1,11 +1,13 @@
 """The demo: the project's story in numbers from the shipped data, in one command and about a minute.
 
 1. Traces: the real traces shipped in ``traces/data/`` (GPU-collected routing of the reference models,
-   with predictor columns). When there are none, a synthetic trace of Qwen3-30B-A3B's shape is
-   generated instead and every output says so.
+   with predictor columns), each also replayed on the shape of the public model it mirrors (same
+   experts and top-k; real expert sizes; layers repeated modulo). When there are none, a synthetic
+   trace of Qwen3-30B-A3B's shape is generated instead and every output says so.
 2. Policies: every applicable prefetch policy replays each trace on the H200 profile with one cache
    size (the cache starts empty; the first steps are left out of the latency summary as warm-up).
-3. A small hardware sweep: PCIe bandwidth x cache size for on-demand, pre-attention and oracle.
+3. A small hardware sweep on the deepest of those traces: PCIe bandwidth x cache size for on-demand,
+   pre-attention and oracle.
 4. The report (``reports/out/demo.html``) with predictor accuracy from the traces' own prediction
    columns (unless accuracy tables are shipped next to the traces) and the committed validation
    results when present.
@@ -39,6 +41,7 @@ from reports.inputs import (
 from sim.config import trace_fingerprint
 from sim.policies import PolicySpec
 from sim.results import SimResult
+from sim.retarget import retarget_trace
 from sim.sweep import (
     RunPoint,
     SweepSpec,
@@ -51,7 +54,7 @@ from sim.sweep import (
 from sim.sweep_exec import execute_local
 from traces.shapes import KNOWN_SHAPES
 from traces.synthetic import SyntheticSpec, generate_trace
-from traces.trace import Trace, write_trace
+from traces.trace import Trace, read_trace, write_trace
 
 DATA_DIR = Path(traces_package.__file__).parent / "data"
 VALIDATION_DIR = Path(__file__).parent / "validation"
@@ -69,6 +72,12 @@ POLICIES = (
     "resident",
 )
 TIMELINE_POLICIES = ("on-demand", "pre-attention")
+#: the public model whose routing geometry (experts, top-k) each reference model mirrors
+PUBLIC_SHAPES = {
+    "qwen3-30b-a3b-like": "qwen3-30b-a3b",
+    "deepseek-v2-lite-like": "deepseek-v2-lite",
+    "phi-mini-moe-like": "phi-3.5-moe",
+}
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,8 @@ class DemoSettings:
     (at least ``min_tokens``, at most ``max_tokens``).
     """
 
-    compare_token_layers: int = 300_000
-    sweep_token_layers: int = 400_000
+    compare_token_layers: int = 200_000
+    sweep_token_layers: int = 250_000
     min_tokens: int = 64
     max_tokens: int = 2000
     cache_fraction: float = 0.25
@@ -93,6 +102,7 @@ class DemoSettings:
     sweep_policies: tuple[str, ...] = ("on-demand", "pre-attention", "oracle")
     synthetic_tokens_per_sequence: int = 256
     bootstrap_resamples: int = 200
+    public_shapes: bool = True
     workers: int | None = None
 
     @classmethod
@@ -133,25 +143,31 @@ def run_demo(
             "Its figures illustrate the tool; they are not findings."
         )
         shipped.traces.append(_synthetic_trace(out.parent / f"{SYNTHETIC_NAME}.parquet", settings))
-    names = ", ".join(f"{t.name} ({t.trace.num_tokens} tokens)" for t in shipped.traces)
-    say(f"traces: {names}")
-    trace_paths = [Path(t.source) for t in shipped.traces]
+    say("traces: " + ", ".join(f"{t.name} ({t.trace.num_tokens} tokens)" for t in shipped.traces))
+    public = _on_public_shapes(shipped.traces, out.parent) if settings.public_shapes else []
+    for item in public:
+        say(f"  replayed on a public model's shape: {item.name} ({item.trace.metadata.model.name})")
+    replays = public + shipped.traces  # the public shapes first: they are what people run
 
-    tokens = _tokens_per_trace(shipped.traces, settings.compare_token_layers, len(POLICIES), settings)
+    tokens = _tokens_per_trace(replays, settings.compare_token_layers, len(POLICIES), settings)
     say(
         f"comparing policies on {settings.hardware} with {settings.cache_fraction:.0%} of experts cached, "
         f"first {tokens} tokens of each trace ..."
     )
-    replayed = {trace_fingerprint(load_sweep_trace(item.source, tokens)): item for item in shipped.traces}
-    runs = run_inputs(_compare_policies(trace_paths, tokens, settings), shipped.traces, "demo", replayed)
+    replayed = {trace_fingerprint(load_sweep_trace(item.source, tokens)): item for item in replays}
+    results = _compare_policies([Path(t.source) for t in replays], tokens, settings)
+    runs = run_inputs(results, shipped.traces, "demo", replayed)
     shipped.runs += runs
 
-    sweep = _sweep_spec(shipped.traces, settings)
-    sweep_tokens = _tokens_per_trace(shipped.traces, settings.sweep_token_layers, sweep.num_runs, settings)
-    sweep = dataclasses.replace(sweep, max_tokens=sweep_tokens)
+    # the sweep replays the deepest trace (most MoE layers: transfers add up most), to stay quick
+    swept = [max(public or shipped.traces, key=lambda t: t.trace.num_layers)]
+    sweep = _sweep_spec(swept, settings)
+    sweep = dataclasses.replace(
+        sweep, max_tokens=_tokens_per_trace(swept, settings.sweep_token_layers, sweep.num_runs, settings)
+    )
     say(
-        f"hardware sweep: {sweep.num_runs} runs (PCIe bandwidth x cache size), first {sweep_tokens} "
-        "tokens of each trace ..."
+        f"hardware sweep: {sweep.num_runs} runs (PCIe bandwidth x cache size), first {sweep.max_tokens} "
+        f"tokens of {', '.join(t.name for t in swept)} ..."
     )
     outcome = run_sweep(sweep, out.parent / SWEEP_FILE, workers=settings.workers, progress=progress)
     metadata = {"name": sweep.name, "command": "moe-prefetch demo"}
@@ -161,10 +177,34 @@ def run_demo(
         with_predictions = [t for t in shipped.traces if t.trace.predictions]
         shipped.accuracy += [trace_accuracy_table(t, settings.bootstrap_resamples) for t in with_predictions]
     shipped.commands.append("moe-prefetch demo")
-    report = write_report(
-        shipped, out, title="moe-prefetch demo" + (" (SYNTHETIC DATA)" if synthetic else "")
-    )
-    return DemoOutcome(report, synthetic, [t.name for t in shipped.traces], summary_rows(runs))
+    title = "moe-prefetch demo" + (" (SYNTHETIC DATA)" if synthetic else "")
+    report = write_report(shipped, out, title=title)
+    return DemoOutcome(report, synthetic, [t.name for t in replays], summary_rows(runs))
+
+
+def _on_public_shapes(traces: Sequence[TraceInput], folder: Path) -> list[TraceInput]:
+    """Each reference-model trace replayed on the public model whose routing geometry it mirrors.
+
+    The reference models are small (sub-MB experts), so offloading them costs little; what people run
+    are the public models. Their expert sizes, layer counts and op times come from the public shape;
+    the routing stays the reference model's, layers repeated modulo (``sim.retarget``), and the trace's
+    provenance notes say so. Written next to the report as ``<trace>-as-<shape>.parquet``.
+    """
+    replays = []
+    for item in traces:
+        key = PUBLIC_SHAPES.get(item.trace.metadata.model.name)
+        if key is None:
+            continue
+        shape = KNOWN_SHAPES[key]
+        path = folder / f"{item.name}-as-{key}.parquet"
+        write_trace(retarget_trace(item.trace, shape), path)
+        description = (
+            f"Routing recorded from {item.name} ({item.trace.num_layers} MoE layers) replayed on the shape "
+            f"of {shape.name} ({shape.num_moe_layers} MoE layers, {shape.bytes_per_expert / 1e6:.1f} MB per "
+            f"expert): its MoE layer j takes the routing of recorded layer j mod {item.trace.num_layers}."
+        )
+        replays.append(TraceInput(path.stem, str(path), read_trace(path), description))
+    return replays
 
 
 def _shipped_inputs() -> ReportInputs:
@@ -307,13 +347,13 @@ def summary_rows(runs: Sequence[RunInput]) -> list[dict[str, Any]]:
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     """The summary as a fixed-width text table."""
     header = (
-        f"{'trace':<28} {'policy':<22} {'ms/token':>9} {'tokens/s':>9} {'vs on-demand':>12} {'hit rate':>9}"
+        f"{'trace':<36} {'policy':<20} {'ms/token':>9} {'tokens/s':>9} {'vs on-demand':>12} {'hit rate':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
-        name, policy = r["trace"][:28], r["policy"][:22]
+        name, policy = r["trace"][:36], r["policy"][:20]
         lines.append(
-            f"{name:<28} {policy:<22} {r['ms_per_token']:>9.3f} {r['tokens_per_s']:>9.1f} "
+            f"{name:<36} {policy:<20} {r['ms_per_token']:>9.3f} {r['tokens_per_s']:>9.1f} "
             f"{r['speedup']:>11.2f}x {100 * r['hit_rate']:>8.1f}%"
         )
     return "\n".join(lines)

@@ -29,11 +29,13 @@ from traces.trace import Trace, read_trace
 
 @dataclass(frozen=True)
 class TraceInput:
-    """A routing trace and the name the report uses for it."""
+    """A routing trace, the name the report uses for it, and what a reader should know about it (for
+    example that it is another trace replayed on a different model shape)."""
 
     name: str
     source: str
     trace: Trace
+    description: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -61,6 +63,7 @@ class RunInput:
     trace_name: str
     source: str
     synthetic: bool | None
+    trace_description: str = ""
 
     @property
     def policy(self) -> str:
@@ -103,10 +106,10 @@ def run_inputs(
     for result in results:
         trace = by_fingerprint.get(result.config.trace)
         if trace is None:
-            name, synthetic = f"{result.config.shape.name} trace {result.config.trace[:6]}", None
+            name = f"{result.config.shape.name} trace {result.config.trace[:6]}"
+            runs.append(RunInput(result, name, source, None))
         else:
-            name, synthetic = trace.name, trace.synthetic
-        runs.append(RunInput(result, name, source, synthetic))
+            runs.append(RunInput(result, trace.name, source, trace.synthetic, trace.description))
     return runs
 
 

@@ -4,6 +4,9 @@ to a synthetic trace."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pyarrow.parquet as pq
 import pytest
 
 from moe_prefetch.cli import main
@@ -39,12 +42,16 @@ def test_demo_without_shipped_traces_runs_on_a_labelled_synthetic_trace(
 
 
 @pytest.mark.slow
-def test_demo_replays_the_traces_shipped_in_the_data_folder(tmp_path, monkeypatch, capsys) -> None:
+def test_demo_replays_shipped_traces_also_on_the_public_shape_they_mirror(
+    tmp_path, monkeypatch, capsys
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    spec = SyntheticSpec(
-        KNOWN_SHAPES["phi-3.5-moe"], num_sequences=2, tokens_per_sequence=20, include_oracle=True
-    )
+    small = dataclasses.replace(
+        KNOWN_SHAPES["phi-3.5-moe"], name="phi-mini-moe-like", num_layers=4, moe_layers=(0, 1, 2, 3),
+        hidden_size=256, expert_intermediate_size=512, bytes_per_expert=3 * 256 * 512 * 2,
+    )  # fmt: skip
+    spec = SyntheticSpec(small, num_sequences=2, tokens_per_sequence=20, include_oracle=True)
     write_trace(generate_trace(spec), data / "phi-like.parquet")
     monkeypatch.setattr(demo, "DATA_DIR", data)
     monkeypatch.setattr(demo, "VALIDATION_DIR", tmp_path / "none")
@@ -52,10 +59,17 @@ def test_demo_replays_the_traces_shipped_in_the_data_folder(tmp_path, monkeypatc
     assert main(["demo", "--fast", "--workers", "1", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "generated synthetic trace" not in printed
-    policies = [line.split()[1] for line in printed.splitlines() if line.startswith("phi-like ")]
+    own = [line.split()[1] for line in printed.splitlines() if line.startswith("phi-like ")]
+    replayed = [
+        line.split()[1] for line in printed.splitlines() if line.startswith("phi-like-as-phi-3.5-moe ")
+    ]
     # no pred.pre-attention / pred.cross-layer columns: only the policies the trace supports
-    assert policies == ["on-demand", "previous-token", "oracle", "resident"]
-    assert (tmp_path / "demo_sweep.parquet").exists()
+    assert own == replayed == ["on-demand", "previous-token", "oracle", "resident"]
+    assert (tmp_path / "phi-like-as-phi-3.5-moe.parquet").exists()
+    html = out.read_text()
+    assert "replayed on the shape of microsoft/Phi-3.5-MoE-instruct (32 MoE layers" in html
+    sweep = pq.read_table(tmp_path / "demo_sweep.parquet")
+    assert set(sweep.column("trace").to_pylist()) == {"phi-like-as-phi-3.5-moe"}  # the deepest trace
 
 
 def test_demo_replays_fewer_tokens_when_traces_are_deeper() -> None:

@@ -29,7 +29,8 @@ def build(inputs: ReportInputs) -> Section | Omitted:
     blocks: list[Any] = []
     for setting, runs in list(settings.items())[:MAX_SETTINGS]:
         if len(settings) > 1:
-            blocks.append(Note(f"Setting: {setting}"))
+            described = runs[0].trace_description
+            blocks.append(Note(f"Setting: {setting}." + (f" {described}" if described else "")))
         blocks += [_latency(runs), _throughput(runs), _stall(runs), _outcomes(runs), _traffic(runs)]
     if len(settings) > MAX_SETTINGS:
         rest = ", ".join(list(settings)[MAX_SETTINGS:])
