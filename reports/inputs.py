@@ -1,9 +1,9 @@
 """What a report is built from, and how files given on the command line are recognised.
 
 ``moe-prefetch report`` accepts any mix of files and directories; every Parquet file found is classified
-by its content (schema metadata and columns), never by its name: a trace, a simulation result, a sweep
-table, a predictor accuracy table or a validation table. The demo builds the same ``ReportInputs`` in
-memory without writing intermediate files.
+by its content (schema metadata and columns), never by its name: a trace, simulation results (simulated
+or live, e.g. the ``sim.parquet`` and ``live.parquet`` of ``moe-prefetch validate``), a sweep table or a
+predictor accuracy table. The demo builds the same ``ReportInputs`` in memory.
 """
 
 from __future__ import annotations
@@ -121,7 +121,6 @@ class ReportInputs:
     runs: list[RunInput] = field(default_factory=list)
     sweeps: list[TableInput] = field(default_factory=list)
     accuracy: list[TableInput] = field(default_factory=list)
-    validation: list[TableInput] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
     def shape_of(self, model: str) -> tuple[int, int] | None:
@@ -135,11 +134,7 @@ class ReportInputs:
     def synthetic_sources(self) -> list[str]:
         """Every input that is synthetic, for the page's banner."""
         names = [f"trace {t.name}" for t in self.traces if t.synthetic]
-        for kind, tables in (
-            ("sweep", self.sweeps),
-            ("accuracy", self.accuracy),
-            ("validation", self.validation),
-        ):
+        for kind, tables in (("sweep", self.sweeps), ("accuracy", self.accuracy)):
             names += [f"{kind} table {t.source}" for t in tables if t.synthetic]
         names += sorted(
             {
@@ -182,9 +177,7 @@ def load_inputs(paths: Sequence[str | os.PathLike[str]]) -> ReportInputs:
                 load(path, inputs)
                 break
         else:
-            raise InputError(
-                path, "not a trace, simulation result, sweep, accuracy or validation table of moe-prefetch"
-            )
+            raise InputError(path, "not a trace, simulation result, sweep or accuracy table of moe-prefetch")
     for path, batch in results:
         inputs.runs += run_inputs(batch, inputs.traces, str(path))
     return inputs

@@ -152,3 +152,15 @@ def test_accuracy_table_of_synthetic_activations_is_flagged(tmp_path) -> None:
     inputs = load_inputs([tmp_path / "accuracy.parquet"])
     assert inputs.accuracy[0].synthetic
     assert inputs.synthetic_sources() == [f"accuracy table {tmp_path / 'accuracy.parquet'}"]
+
+
+def test_validation_pairs_live_and_simulated_runs_and_states_the_error(results_dir) -> None:
+    from reports.sections import validation
+
+    section = validation.build(load_inputs([results_dir / "sim.parquet", results_dir / "live.parquet"]))
+    scatter, table = section.blocks
+    assert scatter.takeaway.startswith("1 of 1 configurations are within 5% of the live mean latency")
+    assert "misses identical in 1 of 1" in scatter.takeaway
+    (row,) = table.rows
+    assert row[0] == "allenai/OLMoE-1B-7B-0924 · pre-attention · 0.25 of experts"
+    assert row[3] == f"{100 * (1 / 1.04 - 1):+.1f}%"  # the live run was made 4% slower

@@ -92,9 +92,10 @@ def _table_rows(inputs: ReportInputs) -> list[list[str]]:
     for table in inputs.accuracy:
         models = sorted(set(table.table.column("model").to_pylist()))
         rows.append(["accuracy", table.source, f"predictor accuracy of {', '.join(models)}", "–"])
-    for table in inputs.validation:
-        recorded = " ".join(str(table.metadata.get(k, "")) for k in ("gpu", "date")).strip() or "–"
-        rows.append(["validation", table.source, f"{table.table.num_rows} configurations", recorded])
+    for source in dict.fromkeys(r.source for r in inputs.runs):
+        runs = [r for r in inputs.runs if r.source == source]
+        clocks = ", ".join(sorted({r.result.clock for r in runs}))
+        rows.append(["runs", source, f"{len(runs)} runs ({clocks} clock)", "–"])
     return rows
 
 
