@@ -1,9 +1,10 @@
 """``moe-prefetch demo``: the main job on the embedded default data.
 
 Replays the real traces shipped in traces/data/ (routing of the project's reference MoE models, with
-their predictors' predictions) on the measured H200 profile: compares every prefetch policy, runs a
-small PCIe-bandwidth x cache-size sweep, and writes one offline HTML report. About a minute on a 2-core
-laptop; no GPU and no network. Without shipped traces it runs on a clearly labelled synthetic trace.
+their predictors' predictions), at their own size and on the shape of the public model each mirrors, on
+the measured H200 profile: compares every prefetch policy, runs a small PCIe-bandwidth x cache-size
+sweep, and writes one offline HTML report. About a minute on a 2-core laptop; no GPU and no network.
+Without shipped traces it runs on a clearly labelled synthetic trace.
 """
 
 from __future__ import annotations
