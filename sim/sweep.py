@@ -420,10 +420,24 @@ def simulate_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = No
     """Simulate one point of a grid: the full result (per-token latencies, timeline, ...)."""
     config = point.config
     trace = _trace_of(point, shared)
-    result = simulate(trace, config.shape, config.hardware, config.cache, config.policy, config.options)
+    try:
+        result = simulate(trace, config.shape, config.hardware, config.cache, config.policy, config.options)
+    except ValueError as exc:  # a configuration the simulator refuses, e.g. a cache too small for a layer
+        raise RunRefused(f"run {describe(point)}: {exc}") from None
     if result.config.key() != point.key:
         raise RuntimeError(f"{point.trace_path}: the trace changed while the sweep was running")
     return result
+
+
+class RunRefused(ValueError):
+    """The simulator refused a point of the grid (its message says which point and why)."""
+
+
+def describe(point: RunPoint) -> str:
+    """A short human name of a point: its trace, policy, cache and non-default what-ifs."""
+    labels = point.labels
+    parts = [labels["trace"], labels["policy"], point.config.cache.label(), point.config.hardware.meta.name]
+    return " / ".join(str(p) for p in parts)
 
 
 def run_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = None) -> Row:
@@ -511,6 +525,8 @@ def run_sweep(
             execute_ray(todo, run_point, ray_address, record, shared)
         else:
             execute_local(todo, run_point, workers or os.cpu_count() or 1, record)
+    except RunRefused as exc:
+        raise InputError(spec.source, str(exc)) from None
     finally:
         bar.close()
         if store.has_parts():

@@ -174,3 +174,15 @@ def test_example_sweep_files_describe_valid_grids(tmp_path, example) -> None:
     copy.write_text(example.read_text())
     sweep = load_sweep(copy)
     assert len(expand(sweep)) == sweep.num_runs > 1
+
+
+def test_a_run_the_simulator_refuses_stops_the_sweep_with_one_line_naming_it(
+    tmp_path, trace_file, capsys
+) -> None:
+    path = _sweep(
+        tmp_path, '[sweep]\ntraces = ["traces/*"]\npolicies = ["on-demand"]\ncache_slots = [3, 256]\n'
+    )
+    assert main(["sweep", str(path), "--out", str(tmp_path / "r.parquet"), "--workers", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0]
+    assert "run olmoe / on-demand / 3 slots, lru / h200" in err[0]

@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     command = shlex.join(["moe-prefetch", "sweep", args.sweep_file, "--out", args.out])
     command += f" --ray {shlex.quote(args.ray)}" if args.ray else ""
     where = f"Ray ({args.ray})" if args.ray else f"{args.workers or 'one per core'} local worker(s)"
-    print(f"sweep '{spec.name}': {spec.num_runs} grid points on {where}", file=sys.stderr)
+    print(f"sweep '{spec.name}': {spec.num_runs} grid points on {where}", flush=True)
     outcome = run_sweep(
         spec, args.out, workers=args.workers, ray_address=args.ray, progress=not args.quiet, command=command
     )
