@@ -8,9 +8,7 @@
    size (the cache starts empty; the first steps are left out of the latency summary as warm-up).
 3. A small hardware sweep on the deepest of those traces: PCIe bandwidth x cache size for on-demand,
    pre-attention and oracle.
-4. The report (``reports/out/demo.html``) with predictor accuracy from the traces' own prediction
-   columns (unless accuracy tables are shipped next to the traces) and the committed validation
-   results when present.
+4. The report (``reports/out/demo.html``), with the committed validation results when present.
 """
 
 from __future__ import annotations
@@ -21,13 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import traces as traces_package
-from predictor.base import Prediction
-from predictor.evaluate import EvaluationSettings, accuracy_rows, default_k_primes
-from predictor.metrics import SequenceBootstrap, paper_overprovision
-from predictor.tables import to_arrow
+from predictor.metrics import paper_overprovision
 from reports.build import write_report
 from reports.inputs import (
     ReportInputs,
@@ -101,7 +94,6 @@ class DemoSettings:
     sweep_cache_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
     sweep_policies: tuple[str, ...] = ("on-demand", "pre-attention", "oracle")
     synthetic_tokens_per_sequence: int = 256
-    bootstrap_resamples: int = 200
     public_shapes: bool = True
     workers: int | None = None
 
@@ -116,7 +108,6 @@ class DemoSettings:
             sweep_pcie_gbps=(16.0, 64.0),
             sweep_cache_fractions=(0.1, 0.5),
             synthetic_tokens_per_sequence=40,
-            bootstrap_resamples=20,
             workers=workers,
         )
 
@@ -173,9 +164,6 @@ def run_demo(
     metadata = {"name": sweep.name, "command": "moe-prefetch demo"}
     shipped.sweeps.append(TableInput(str(outcome.path), outcome.grid_table(), metadata, synthetic))
 
-    if not shipped.accuracy:
-        with_predictions = [t for t in shipped.traces if t.trace.predictions]
-        shipped.accuracy += [trace_accuracy_table(t, settings.bootstrap_resamples) for t in with_predictions]
     shipped.commands.append("moe-prefetch demo")
     title = "moe-prefetch demo" + (" (SYNTHETIC DATA)" if synthetic else "")
     report = write_report(shipped, out, title=title)
@@ -290,35 +278,6 @@ def _spec(
         max_tokens=tokens,
         warmup_steps=settings.warmup_steps,
         presets=(settings.hardware,),
-    )
-
-
-def trace_accuracy_table(item: TraceInput, bootstrap_resamples: int = 200) -> TableInput:
-    """Accuracy of the trace's prediction columns against its own routing, on every token it holds."""
-    trace = item.trace
-    truth = trace.experts.astype(np.int64)
-    k_primes = tuple(
-        k for k in default_k_primes(trace.top_k, trace.num_experts)
-        if all(p.shape[2] >= k for p in trace.predictions.values())
-    )  # fmt: skip
-    evaluation = EvaluationSettings(k_primes=k_primes, thresholds=(), num_resamples=bootstrap_resamples)
-    bootstrap = SequenceBootstrap(trace.seq_id, evaluation.num_resamples, seed=evaluation.seed)
-    rows: list[dict[str, Any]] = []
-    for name, ranked in trace.predictions.items():
-        scores = trace.confidences.get(name)
-        scores = np.full(ranked.shape, np.nan, np.float32) if scores is None else scores.astype(np.float32)
-        prediction = Prediction(ranked, scores)
-        rows += accuracy_rows(
-            trace.metadata.model.name,
-            name,
-            truth,
-            prediction,
-            trace.metadata.model.moe_layers,
-            bootstrap,
-            evaluation,
-        )
-    return TableInput(
-        f"{item.name} (prediction columns of the trace)", to_arrow(rows), synthetic=item.synthetic
     )
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from moe_prefetch.cli import main
 from reports.browser import check_page
-from reports.demo import trace_accuracy_table
 from reports.inputs import TraceInput, load_inputs
 from reports.sections import policies
+from reports.sections.accuracy import trace_accuracy_table
 from sim.cache import CacheConfig
 from sim.config import SimOptions
 from sim.hardware import load_profile
@@ -110,12 +110,16 @@ def test_full_report_renders_in_a_browser_without_errors(results_dir, tmp_path, 
     assert check.blank_plots == []
 
 
-def test_report_with_only_a_trace_omits_the_other_sections_with_reasons(results_dir, tmp_path) -> None:
+def test_report_with_only_a_trace_scores_its_predictions_and_omits_the_rest_with_reasons(
+    results_dir, tmp_path
+) -> None:
     out = tmp_path / "report.html"
     assert main(["report", str(results_dir / "olmoe.parquet"), "--out", str(out)]) == 0
     html = out.read_text()
-    assert html.count("Omitted:") == 5  # accuracy, policies, timeline, sweeps, validation
+    assert html.count("Omitted:") == 4  # policies, timeline, sweeps, validation
     assert "Omitted: no sweep table among the inputs" in html
+    # accuracy comes from the trace's own prediction columns when no accuracy table is given
+    assert "olmoe (prediction columns of the trace)" in html
 
 
 def test_unrecognised_file_fails_in_one_line_and_writes_nothing(tmp_path, capsys) -> None:

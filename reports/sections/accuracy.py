@@ -1,7 +1,9 @@
 """Predictor accuracy: per layer for every predictor, and the first MoE layer beside the paper's numbers.
 
 Input: the long accuracy tables written by ``moe-prefetch predictor evaluate`` (columns model, predictor,
-layer (-1 = mean over MoE layers), metric, k_prime, value, ci_low, ci_high, num_tokens, coverage).
+layer (-1 = mean over MoE layers), metric, k_prime, value, ci_low, ci_high, num_tokens, coverage). Without
+one, the same table is computed from the ``pred.<name>`` columns of the input traces against their own
+routing (every token the trace holds), with the metrics of ``predictor.evaluate``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
-from predictor.tables import MEAN_LAYER, PAPER_FIRST_LAYER
-from reports.inputs import ReportInputs, TableInput
+from predictor.base import Prediction
+from predictor.evaluate import EvaluationSettings, accuracy_rows, default_k_primes
+from predictor.metrics import SequenceBootstrap
+from predictor.tables import MEAN_LAYER, PAPER_FIRST_LAYER, to_arrow
+from reports.inputs import ReportInputs, TableInput, TraceInput
 from reports.page import Figure, Note, Omitted, Section, Table
 from reports.style import colour, figure, pct
 
@@ -29,12 +35,13 @@ METRIC_LABELS = {
 
 
 def build(inputs: ReportInputs) -> Section | Omitted:
-    if not inputs.accuracy:
+    tables = inputs.accuracy or [trace_accuracy_table(t) for t in inputs.traces if t.trace.predictions]
+    if not tables:
         return Omitted(
-            KEY, TITLE, "no predictor accuracy table among the inputs (moe-prefetch predictor evaluate)"
+            KEY, TITLE, "no accuracy table (moe-prefetch predictor evaluate) and no trace with predictions"
         )
     blocks: list[Any] = []
-    for table_input in inputs.accuracy:
+    for table_input in tables:
         rows = table_input.table.to_pylist()
         for model in dict.fromkeys(r["model"] for r in rows):
             model_rows = [r for r in rows if r["model"] == model]
@@ -46,7 +53,36 @@ def build(inputs: ReportInputs) -> Section | Omitted:
         blocks,
         intro="Every predictor scored on the same held-out tokens of the same model. Exact match: the "
         "predicted top-k set equals the router's. Intervals are 95% bootstrap intervals over sequences.",
-        synthetic=any(t.synthetic for t in inputs.accuracy),
+        synthetic=any(t.synthetic for t in tables),
+    )
+
+
+def trace_accuracy_table(item: TraceInput, bootstrap_resamples: int = 200) -> TableInput:
+    """Accuracy of the trace's prediction columns against its own routing, on every token it holds."""
+    trace = item.trace
+    truth = trace.experts.astype(np.int64)
+    k_primes = tuple(
+        k for k in default_k_primes(trace.top_k, trace.num_experts)
+        if all(p.shape[2] >= k for p in trace.predictions.values())
+    )  # fmt: skip
+    evaluation = EvaluationSettings(k_primes=k_primes, thresholds=(), num_resamples=bootstrap_resamples)
+    bootstrap = SequenceBootstrap(trace.seq_id, evaluation.num_resamples, seed=evaluation.seed)
+    rows: list[dict[str, Any]] = []
+    for name, ranked in trace.predictions.items():
+        scores = trace.confidences.get(name)
+        scores = np.full(ranked.shape, np.nan, np.float32) if scores is None else scores.astype(np.float32)
+        prediction = Prediction(ranked, scores)
+        rows += accuracy_rows(
+            trace.metadata.model.name,
+            name,
+            truth,
+            prediction,
+            trace.metadata.model.moe_layers,
+            bootstrap,
+            evaluation,
+        )
+    return TableInput(
+        f"{item.name} (prediction columns of the trace)", to_arrow(rows), synthetic=item.synthetic
     )
 
 
