@@ -3,6 +3,8 @@
 
     python3 scripts/ship_traces.py RESULTS_DIR [RESULTS_DIR ...] [--dest traces/data] [--note TEXT]
 
+It also merges the models' predictor accuracy tables into ``reports/accuracy/`` (``--tables``).
+
 Each RESULTS_DIR is what ``scripts/gpu_pipeline.py`` left in ``$OUT`` (``<model>.parquet`` and
 ``<model>.results.tar.gz`` per model); for a model found in several, the last directory wins. A model whose
 training did not reach a finite validation loss is left out. A model with results but no trace file gets a
@@ -13,6 +15,7 @@ states what each number is and where it came from; nothing in it is typed by han
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import shutil
@@ -20,10 +23,16 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from traces.fileio import write_text_atomic  # noqa: E402
+from predictor.tables import METADATA_KEY as ACCURACY_METADATA_KEY  # noqa: E402
+from predictor.tables import read_metadata  # noqa: E402
+from traces.fileio import atomic_write, write_text_atomic  # noqa: E402
 from traces.refmodels import RECIPE_FILE  # noqa: E402
 from traces.trace import read_trace  # noqa: E402
 
@@ -134,6 +143,36 @@ def model_section(name: str, results: dict[str, str], trace_path: Path | None) -
     return [*lines, "", f"transformers config: `{config}`", "", *accuracy_rows(results)]
 
 
+def write_accuracy_tables(found: dict[str, tuple[Path, Path | None]], folder: Path) -> None:
+    """Merge every model's accuracy table into ``folder`` (Parquet + CSV + per-model markdown), the form
+    ``moe-prefetch report`` reads, keeping each model's provenance in the Parquet metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tables, models = [], {}
+    for name, (archive, _trace) in sorted(found.items()):
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                base = Path(member.name).name
+                if base == "accuracy.parquet":
+                    table = pq.read_table(io.BytesIO(tar.extractfile(member).read()))  # type: ignore[union-attr]
+                    # tables written before evaluate recorded provenance: the activations were collected
+                    # by this same pipeline run, on the GPU
+                    models[name] = read_metadata(table)["models"].get(name, {"origin": "gpu-collected"})
+                    tables.append(table)
+                elif base.startswith("accuracy_") and base.endswith(".md"):
+                    write_text_atomic(folder / base, tar.extractfile(member).read().decode())  # type: ignore[union-attr]
+    if not tables:
+        return
+    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    metadata = json.dumps({"version": 1, "models": models}, sort_keys=True).encode()
+    merged = merged.replace_schema_metadata({ACCURACY_METADATA_KEY: metadata})
+    with atomic_write(folder / "accuracy.parquet", suffix=".parquet") as tmp:
+        pq.write_table(merged, tmp, compression="zstd")
+    buffer = io.BytesIO()
+    pacsv.write_csv(merged, buffer)
+    write_text_atomic(folder / "accuracy.csv", buffer.getvalue().decode())
+    print(f"wrote {folder}/accuracy.parquet and accuracy.csv for {sorted(models)}")
+
+
 def collect_results(dirs: list[Path]) -> dict[str, tuple[Path, Path | None]]:
     """model -> (results archive, trace or None), the last directory that has the model winning."""
     found: dict[str, tuple[Path, Path | None]] = {}
@@ -158,6 +197,9 @@ def main() -> int:
     )
     parser.add_argument("results", type=Path, nargs="+")
     parser.add_argument("--dest", type=Path, default=REPO / "traces" / "data")
+    parser.add_argument(
+        "--tables", type=Path, default=REPO / "reports" / "accuracy", help="folder for the accuracy tables"
+    )
     parser.add_argument(
         "--note", default="", help="a paragraph for the README (for example device time used)"
     )
@@ -193,6 +235,7 @@ def main() -> int:
         "",
     ]
     write_text_atomic(args.dest / "README.md", "\n".join(header + sections) + "\n")
+    write_accuracy_tables(found, args.tables)
     print(f"wrote {args.dest / 'README.md'}; {total_mb:.1f} MB of traces for {sorted(found)}")
     return 0
 
