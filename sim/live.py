@@ -525,6 +525,18 @@ class LiveModel:
         # one view per slot and host buffer, made once: indexing per copy costs host time
         self.slot_views = list(self.slots.unbind(0))
         self.host_views = list(self.host.unbind(0))
+        self._prewarm_attention(rand(batch, h))
+
+    def _prewarm_attention(self, x: torch.Tensor) -> None:
+        """Run attention once at every context length a run can meet. On the H200 the first call at
+        each new key length cost tens of milliseconds (one-time set-up inside SDPA), which made the
+        first run after building a model far slower than a repeat of it."""
+        from sim import kernels
+
+        with self.torch.inference_mode():
+            for context in range(1, self.max_context + 1):
+                kernels.attention(x, self.attention[0], self.shape, context)
+        self.dev.synchronize()
 
 
 def open_model(

@@ -58,6 +58,6 @@ def test_a_demand_load_waits_only_for_committed_copies_on_a_serial_link() -> Non
 
 
 def test_profiles_without_the_serial_field_keep_their_dictionary() -> None:
-    profile = load_profile("h200")
+    profile = load_profile("a100-pcie-gen4")
     assert "serial" not in profile.to_dict()["copy"]
     assert profile.with_copy(serial=True).to_dict()["copy"]["serial"] is True

@@ -127,3 +127,12 @@ def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
     assert trace.num_tokens == 10 and trace.metadata.provenance.origin == "synthetic"
     assert {"pre-attention", "cross-layer"} <= set(trace.predictions)
     assert np.all(trace.experts < shape.num_experts)
+
+
+def test_prefer_repeat_compares_the_second_run_and_keeps_the_first(results) -> None:
+    live = [_scaled(r, 2.0) for r in results] + [_scaled(results[0], 1.0, v.REPEAT_CLOCK)]
+    rows = v.compare(live, results, prefer_repeat=True)
+    repeated = [r for r in rows if r["live_run"] == v.REPEAT_CLOCK]
+    assert len(repeated) == 1 and repeated[0]["mean_err"] == 0
+    assert repeated[0]["first_run_mean_ms"] == pytest.approx(2 * repeated[0]["live_mean_ms"])
+    assert "(repeat)" in v.markdown_table(rows)
