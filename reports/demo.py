@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import traces as traces_package
 from predictor.metrics import paper_overprovision
 from reports.build import write_report
@@ -82,8 +84,8 @@ class DemoSettings:
     (at least ``min_tokens``, at most ``max_tokens``).
     """
 
-    compare_token_layers: int = 200_000
-    sweep_token_layers: int = 250_000
+    compare_token_layers: int = 150_000
+    sweep_token_layers: int = 200_000
     min_tokens: int = 64
     max_tokens: int = 2000
     cache_fraction: float = 0.25
@@ -135,7 +137,9 @@ def run_demo(
         )
         shipped.traces.append(_synthetic_trace(out.parent / f"{SYNTHETIC_NAME}.parquet", settings))
     say("traces: " + ", ".join(f"{t.name} ({t.trace.num_tokens} tokens)" for t in shipped.traces))
-    public = _on_public_shapes(shipped.traces, out.parent) if settings.public_shapes else []
+    public = (
+        _on_public_shapes(shipped.traces, out.parent, settings.max_tokens) if settings.public_shapes else []
+    )
     for item in public:
         say(f"  replayed on a public model's shape: {item.name} ({item.trace.metadata.model.name})")
     replays = public + shipped.traces  # the public shapes first: they are what people run
@@ -170,13 +174,14 @@ def run_demo(
     return DemoOutcome(report, synthetic, [t.name for t in replays], summary_rows(runs))
 
 
-def _on_public_shapes(traces: Sequence[TraceInput], folder: Path) -> list[TraceInput]:
+def _on_public_shapes(traces: Sequence[TraceInput], folder: Path, max_tokens: int) -> list[TraceInput]:
     """Each reference-model trace replayed on the public model whose routing geometry it mirrors.
 
     The reference models are small (sub-MB experts), so offloading them costs little; what people run
     are the public models. Their expert sizes, layer counts and op times come from the public shape;
     the routing stays the reference model's, layers repeated modulo (``sim.retarget``), and the trace's
-    provenance notes say so. Written next to the report as ``<trace>-as-<shape>.parquet``.
+    provenance notes say so. The first ``max_tokens`` tokens are written next to the report as
+    ``<trace>-as-<shape>.parquet``.
     """
     replays = []
     for item in traces:
@@ -185,7 +190,8 @@ def _on_public_shapes(traces: Sequence[TraceInput], folder: Path) -> list[TraceI
             continue
         shape = KNOWN_SHAPES[key]
         path = folder / f"{item.name}-as-{key}.parquet"
-        write_trace(retarget_trace(item.trace, shape), path)
+        head = item.trace.select_tokens(np.arange(min(item.trace.num_tokens, max_tokens)))
+        write_trace(retarget_trace(head, shape), path)
         description = (
             f"Routing recorded from {item.name} ({item.trace.num_layers} MoE layers) replayed on the shape "
             f"of {shape.name} ({shape.num_moe_layers} MoE layers, {shape.bytes_per_expert / 1e6:.1f} MB per "
