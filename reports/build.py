@@ -8,12 +8,21 @@ from pathlib import Path
 
 from reports.inputs import ReportInputs
 from reports.page import Omitted, PageMeta, Section, render_page
-from reports.sections import accuracy, policies, provenance, sweeps, timeline, trace_overview, validation
+from reports.sections import (
+    accuracy,
+    glance,
+    policies,
+    provenance,
+    sweeps,
+    timeline,
+    trace_overview,
+    validation,
+)
 from traces.fileio import write_text_atomic
 
 DEFAULT_TITLE = "moe-prefetch report"
-#: sections in reading order: the data, the predictors, the policies, the hardware, the check, the sources
-SECTIONS = (trace_overview, accuracy, policies, timeline, sweeps, validation, provenance)
+#: reading order: the answer, the data, the predictors, the policies, the hardware, the check, the sources
+SECTIONS = (glance, trace_overview, accuracy, policies, timeline, sweeps, validation, provenance)
 
 
 def build_sections(inputs: ReportInputs) -> list[Section | Omitted]:

@@ -97,8 +97,9 @@ def test_full_report_renders_in_a_browser_without_errors(results_dir, tmp_path, 
     assert "report written to" in capsys.readouterr().out
     html = out.read_text()
     assert "Omitted:" not in html  # every section had its inputs
-    for title in ("Trace overview", "Predictor accuracy", "Policy comparison", "Timeline", "Hardware sweeps",
-                  "Simulator validation", "Provenance"):  # fmt: skip
+    titles = ("At a glance", "Trace overview", "Predictor accuracy", "Policy comparison", "Timeline",
+              "Hardware sweeps", "Simulator validation", "Provenance")  # fmt: skip
+    for title in titles:
         assert f">{title}" in html
     assert "SYNTHETIC INPUTS: trace olmoe" in html
     check = check_page(out)
@@ -116,7 +117,7 @@ def test_report_with_only_a_trace_scores_its_predictions_and_omits_the_rest_with
     out = tmp_path / "report.html"
     assert main(["report", str(results_dir / "olmoe.parquet"), "--out", str(out)]) == 0
     html = out.read_text()
-    assert html.count("Omitted:") == 4  # policies, timeline, sweeps, validation
+    assert html.count("Omitted:") == 5  # at a glance, policies, timeline, sweeps, validation
     assert "Omitted: no sweep table among the inputs" in html
     # accuracy comes from the trace's own prediction columns when no accuracy table is given
     assert "olmoe (prediction columns of the trace)" in html
@@ -168,3 +169,16 @@ def test_validation_pairs_live_and_simulated_runs_and_states_the_error(results_d
     (row,) = table.rows
     assert row[0] == "allenai/OLMoE-1B-7B-0924 · pre-attention · 0.25 of experts"
     assert row[3] == f"{100 * (1 / 1.04 - 1):+.1f}%"  # the live run was made 4% slower
+
+
+def test_at_a_glance_tabulates_every_setting_and_policy(results_dir) -> None:
+    from reports.sections import glance
+
+    section = glance.build(load_inputs([results_dir]))
+    table, headline = section.blocks
+    assert table.columns == ["setting", *POLICIES]
+    simulated = table.rows[0]
+    assert simulated[0] == "olmoe · h200 · 0.25 of experts, lru"
+    assert simulated[1].endswith("(1.00x)")  # on-demand against itself
+    assert "live clock" in table.rows[1][0]
+    assert headline.text.startswith("The fastest offloading policy is ")
