@@ -202,9 +202,14 @@ def _on_public_shapes(traces: Sequence[TraceInput], folder: Path, max_tokens: in
 
 
 def _shipped_inputs() -> ReportInputs:
-    """Traces and tables shipped with the package, and the committed validation results."""
-    folders = [d for d in (DATA_DIR, VALIDATION_DIR) if d.is_dir() and find_result_files([d])]
-    return load_inputs(folders) if folders else ReportInputs()
+    """Traces shipped with the package, and the committed validation runs (for the validation section)."""
+    inputs = (
+        load_inputs([DATA_DIR]) if DATA_DIR.is_dir() and find_result_files([DATA_DIR]) else ReportInputs()
+    )
+    if VALIDATION_DIR.is_dir() and find_result_files([VALIDATION_DIR]):
+        validation = load_inputs([VALIDATION_DIR])
+        inputs.runs += [dataclasses.replace(r, validation_only=True) for r in validation.runs]
+    return inputs
 
 
 def _synthetic_trace(path: Path, settings: DemoSettings) -> TraceInput:

@@ -57,6 +57,8 @@ class RunInput:
     """One simulated (or live) run and the trace it replayed, as far as the inputs tell.
 
     ``synthetic`` is None when the run's trace is not among the inputs (its origin is then unknown).
+    ``validation_only``: the run is there to check the simulator against the GPU (the validation
+    section) and stays out of the policy comparison.
     """
 
     result: SimResult
@@ -64,6 +66,7 @@ class RunInput:
     source: str
     synthetic: bool | None
     trace_description: str = ""
+    validation_only: bool = False
 
     @property
     def policy(self) -> str:
@@ -122,6 +125,10 @@ class ReportInputs:
     sweeps: list[TableInput] = field(default_factory=list)
     accuracy: list[TableInput] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+
+    def comparison_runs(self) -> list[RunInput]:
+        """The runs the policy sections compare (all but validation-only runs)."""
+        return [r for r in self.runs if not r.validation_only]
 
     def shape_of(self, model: str) -> tuple[int, int] | None:
         """(experts, top-k) of a model known from the input traces, or None."""

@@ -12,6 +12,11 @@ import pytest
 from moe_prefetch.cli import main
 from reports import demo
 from reports.browser import check_page
+from sim.cache import CacheConfig
+from sim.hardware import load_profile
+from sim.policies import PolicySpec
+from sim.results import write_results
+from sim.simulation import simulate
 from traces.shapes import KNOWN_SHAPES
 from traces.synthetic import SyntheticSpec, generate_trace
 from traces.trace import write_trace
@@ -54,7 +59,7 @@ def test_demo_replays_shipped_traces_also_on_the_public_shape_they_mirror(
     spec = SyntheticSpec(small, num_sequences=2, tokens_per_sequence=20, include_oracle=True)
     write_trace(generate_trace(spec), data / "phi-like.parquet")
     monkeypatch.setattr(demo, "DATA_DIR", data)
-    monkeypatch.setattr(demo, "VALIDATION_DIR", tmp_path / "none")
+    monkeypatch.setattr(demo, "VALIDATION_DIR", _validation_runs(tmp_path / "validation"))
     out = tmp_path / "demo.html"
     assert main(["demo", "--fast", "--workers", "1", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -68,6 +73,8 @@ def test_demo_replays_shipped_traces_also_on_the_public_shape_they_mirror(
     assert (tmp_path / "phi-like-as-phi-3.5-moe.parquet").exists()
     html = out.read_text()
     assert "replayed on the shape of microsoft/Phi-3.5-MoE-instruct (32 MoE layers" in html
+    assert "Omitted: no live runs" not in html  # the committed validation runs feed their section ...
+    assert "live clock" not in html.split('id="trace-overview"')[0]  # ... and stay out of "At a glance"
     sweep = pq.read_table(tmp_path / "demo_sweep.parquet")
     assert set(sweep.column("trace").to_pylist()) == {"phi-like-as-phi-3.5-moe"}  # the deepest trace
 
@@ -80,3 +87,15 @@ def test_demo_replays_fewer_tokens_when_traces_are_deeper() -> None:
     tokens_deep = demo._tokens_per_trace([deep], settings.compare_token_layers, 7, settings)
     assert tokens_shallow == min(settings.max_tokens, settings.compare_token_layers // (16 * 7))
     assert tokens_deep == settings.compare_token_layers // (48 * 7) < tokens_shallow
+
+
+def _validation_runs(folder):
+    """A live run and its simulated twin, as ``moe-prefetch validate`` leaves them in reports/validation."""
+    folder.mkdir()
+    trace = generate_trace(SyntheticSpec(KNOWN_SHAPES["olmoe-1b-7b"], num_sequences=1, tokens_per_sequence=8))
+    simulated = simulate(
+        trace, trace.metadata.model, load_profile("h200"), CacheConfig(fraction=0.5), PolicySpec("on-demand")
+    )
+    write_results([simulated], folder / "sim.parquet")
+    write_results([dataclasses.replace(simulated, clock="live")], folder / "live.parquet")
+    return folder

@@ -12,9 +12,10 @@ TITLE = "At a glance"
 
 
 def build(inputs: ReportInputs) -> Section | Omitted:
-    if not inputs.runs:
+    compared = inputs.comparison_runs()
+    if not compared:
         return Omitted(KEY, TITLE, "no simulation results among the inputs")
-    settings = group_by_setting(inputs.runs)
+    settings = group_by_setting(compared)
     policies = list(dict.fromkeys(r.policy for runs in settings.values() for r in runs))
     rows = []
     for setting, runs in settings.items():
@@ -37,7 +38,7 @@ def build(inputs: ReportInputs) -> Section | Omitted:
             Note(_headline(settings)),
         ],
         intro="Each row replays one trace with one cache and hardware; each column is a prefetch policy.",
-        synthetic=any(r.synthetic for r in inputs.runs),
+        synthetic=any(r.synthetic for r in compared),
     )
 
 

@@ -17,15 +17,16 @@ from reports.style import colour, dash, figure, human_bytes, ms, pct
 KEY = "policies"
 TITLE = "Policy comparison"
 #: at most this many settings get the full set of figures (the rest are listed)
-MAX_SETTINGS = 4
+MAX_SETTINGS = 6
 BASELINE = "on-demand"
 IDEAL = "resident"
 
 
 def build(inputs: ReportInputs) -> Section | Omitted:
-    if not inputs.runs:
+    compared = inputs.comparison_runs()
+    if not compared:
         return Omitted(KEY, TITLE, "no simulation results among the inputs (moe-prefetch simulate --out)")
-    settings = group_by_setting(inputs.runs)
+    settings = group_by_setting(compared)
     blocks: list[Any] = []
     for setting, runs in list(settings.items())[:MAX_SETTINGS]:
         if len(settings) > 1:
@@ -41,7 +42,7 @@ def build(inputs: ReportInputs) -> Section | Omitted:
         blocks,
         intro="Every policy replays the same trace with the same cache and hardware; only the prefetch "
         "decisions differ. Latency is per decode token (time between successive tokens of a sequence).",
-        synthetic=any(r.synthetic for r in inputs.runs),
+        synthetic=any(r.synthetic for r in compared),
     )
 
 

@@ -32,7 +32,7 @@ KIND_COLOURS = {
 
 
 def build(inputs: ReportInputs) -> Section | Omitted:
-    with_timeline = [r for r in inputs.runs if r.result.timeline]
+    with_timeline = [r for r in inputs.comparison_runs() if r.result.timeline]
     if not with_timeline:
         return Omitted(KEY, TITLE, "no simulation result with a recorded timeline (simulate --timeline)")
     runs = _chosen_runs(with_timeline)
