@@ -8,7 +8,9 @@
    size (the cache starts empty; the first steps are left out of the latency summary as warm-up).
 3. A small hardware sweep on the deepest of those traces: PCIe bandwidth x cache size for on-demand,
    pre-attention and oracle.
-4. The report (``reports/out/demo.html``), with the committed validation results when present.
+4. The report (``reports/out/demo.html``), with the committed predictor accuracy tables
+   (``reports/accuracy/``; otherwise the traces' own prediction columns are scored) and validation
+   runs (``reports/validation/``) when present.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from traces.synthetic import SyntheticSpec, generate_trace
 from traces.trace import Trace, read_trace, write_trace
 
 DATA_DIR = Path(traces_package.__file__).parent / "data"
+ACCURACY_DIR = Path(__file__).parent / "accuracy"
 VALIDATION_DIR = Path(__file__).parent / "validation"
 DEFAULT_OUT = Path("reports/out/demo.html")
 SYNTHETIC_NAME = "synthetic-qwen3-30b-a3b"
@@ -202,10 +205,10 @@ def _on_public_shapes(traces: Sequence[TraceInput], folder: Path, max_tokens: in
 
 
 def _shipped_inputs() -> ReportInputs:
-    """Traces shipped with the package, and the committed validation runs (for the validation section)."""
-    inputs = (
-        load_inputs([DATA_DIR]) if DATA_DIR.is_dir() and find_result_files([DATA_DIR]) else ReportInputs()
-    )
+    """Traces and accuracy tables shipped with the package, and the committed validation runs (for the
+    validation section only)."""
+    shipped = [d for d in (DATA_DIR, ACCURACY_DIR) if d.is_dir() and find_result_files([d])]
+    inputs = load_inputs(shipped) if shipped else ReportInputs()
     if VALIDATION_DIR.is_dir() and find_result_files([VALIDATION_DIR]):
         validation = load_inputs([VALIDATION_DIR])
         inputs.runs += [dataclasses.replace(r, validation_only=True) for r in validation.runs]

@@ -28,6 +28,7 @@ def test_demo_without_shipped_traces_runs_on_a_labelled_synthetic_trace(
     tmp_path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setattr(demo, "DATA_DIR", tmp_path / "empty")
+    monkeypatch.setattr(demo, "ACCURACY_DIR", tmp_path / "none")
     monkeypatch.setattr(demo, "VALIDATION_DIR", tmp_path / "none")
     out = tmp_path / "out" / "demo.html"
     assert main(["demo", "--fast", "--workers", "1", "--quiet", "--out", str(out)]) == 0
@@ -59,6 +60,7 @@ def test_demo_replays_shipped_traces_also_on_the_public_shape_they_mirror(
     spec = SyntheticSpec(small, num_sequences=2, tokens_per_sequence=20, include_oracle=True)
     write_trace(generate_trace(spec), data / "phi-like.parquet")
     monkeypatch.setattr(demo, "DATA_DIR", data)
+    monkeypatch.setattr(demo, "ACCURACY_DIR", tmp_path / "none")
     monkeypatch.setattr(demo, "VALIDATION_DIR", _validation_runs(tmp_path / "validation"))
     out = tmp_path / "demo.html"
     assert main(["demo", "--fast", "--workers", "1", "--quiet", "--out", str(out)]) == 0
