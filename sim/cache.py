@@ -288,10 +288,12 @@ class ExpertCache:
         entries = self.entries
         if part.free:
             entry = Entry(key, part.free.pop())
+            part.size += 1
         elif part.capacity is None:
             entry = Entry(key, part.next_slot)
             part.next_slot += 1
-        else:
+            part.size += 1
+        else:  # evict: the partition's size stays the same
             victim = part.rule.victim(self._pinned)
             if victim is None:
                 if prefetch:
@@ -309,13 +311,10 @@ class ExpertCache:
                 self._uncount(entry)
             entry.pin_until = -1
             entry.used_at = NEVER_USED
-            entry.loaded_at = -1
-            part.size -= 1
         entry.prefetched = prefetch
-        entry.loaded_at = self.current_pos
+        entry.loaded_at = pos = self.current_pos
         entries[key] = entry
-        part.size += 1
-        part.rule.insert(key, self.current_pos)
+        part.rule.insert(key, pos)
         if near or part.capacity is None:
             entry.pin_until = pin_until
         else:

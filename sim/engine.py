@@ -167,7 +167,7 @@ class _Run:
         cross_layer = issue_point == ROUTER
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
-        submit, advance, flush = link.submit, link.advance, self.flush
+        submit, advance, flush = link.submit_all, link.advance, self.flush
         stall = self.stall
         expert_s = costs.expert_s
         issue_s = costs.issue_s
@@ -176,13 +176,13 @@ class _Run:
         t_c = 0.0  # the compute stream is free from t_c on
         t_h = 0.0  # last event delivery (host time)
 
+        recording = timeline.on
         for s in range(controller.workload.num_steps):
-            if timeline.on and s >= timeline.steps:
-                timeline.on = False
+            if recording and s >= timeline.steps:
+                timeline.on = recording = False
             step_start = t_c
             t_h = max(t_h, t_c)
-            for r in controller.begin_step(s):
-                submit(r, t_h)
+            submit(controller.begin_step(s), t_h)
             step = controller.step
             n_tok = step.num_tokens
             norm = costs.norm_s(n_tok)
@@ -206,22 +206,20 @@ class _Run:
                 if t_ls > t_h:
                     t_h = t_ls
                 issued = controller.layer_start(j)
-                for r in issued:
-                    submit(r, t_h)
+                submit(issued, t_h)
                 t_router = t_ls + before_router + len(issued) * issue_s
-                if timeline.on:
+                if recording:
                     timeline.add("compute", "norm", t_c, t_ls, j)
                     timeline.add("compute", "attention", t_ls, t_ls + attn, j)
                     timeline.add("compute", "router", t_router - router, t_router, j)
                 if pre_attention:
                     t_p = t_ls + predictor_s
-                    if timeline.on:
+                    if recording:
                         timeline.add("predictor", "predict", t_ls, t_p, j)
                     if t_p > t_h:
                         t_h = t_p
                     issued = controller.prediction_ready(j)
-                    for r in issued:
-                        submit(r, t_h)
+                    submit(issued, t_h)
                     t_router += len(issued) * issue_s  # the host issues them during attention
                 # router: hits, late prefetches (promoted to demand), misses (demand loads)
                 if t_router > t_h:
@@ -234,25 +232,22 @@ class _Run:
                 late = decision.late
                 for transfer in late:
                     link.promote(transfer, DEMAND)
-                demands = decision.demands
-                for r in demands:
-                    submit(r, t_h)
-                for r in decision.prefetches:
-                    submit(r, t_h)
-                t_block += (len(demands) + len(decision.prefetches)) * issue_s
+                demands, prefetches = decision.demands, decision.prefetches
+                submit(demands, t_h)
+                submit(prefetches, t_h)
+                t_block += (len(demands) + len(prefetches)) * issue_s
                 if cross_layer and j + 1 < num_moe:
                     t_p = t_router + gate_s
                     if t_p > t_h:
                         t_h = t_p
                     issued = controller.prediction_ready(j + 1)
-                    for r in issued:
-                        submit(r, t_h)
+                    submit(issued, t_h)
                     t_block += len(issued) * issue_s
                 # the MoE block: shared and resident experts first, then the others as their copies land
                 status, tokens = decision.status, decision.tokens
                 t = t_block + shared
                 work = shared
-                if timeline.on and shared > 0:
+                if recording and shared > 0:
                     timeline.add("compute", "shared experts", t_block, t, j)
                 cs = [c_one] * len(status) if n_tok == 1 else [expert_s(x) for x in tokens]
                 if late or demands:
@@ -262,7 +257,7 @@ class _Run:
                         c = cs[i]
                         work += c
                         if st == HIT:
-                            if timeline.on:
+                            if recording:
                                 timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
                             t += c
                         else:
@@ -275,12 +270,12 @@ class _Run:
                         if landed > t:
                             t = landed
                         c = cs[i]
-                        if timeline.on:
+                        if recording:
                             timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
                         t += c
                 else:
                     for i, c in enumerate(cs):
-                        if timeline.on:
+                        if recording:
                             timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
                         t += c
                         work += c
@@ -298,8 +293,7 @@ class _Run:
                     yield timeout(t_h - env.now)
                     events += 1
                 issued = controller.layer_end(j)
-                for r in issued:
-                    submit(r, t_h)
+                submit(issued, t_h)
                 t_c += len(issued) * issue_s
                 j += 1
             controller.end_step()

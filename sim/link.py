@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 
 from sim.controller import FetchRequest
 
@@ -51,7 +52,7 @@ class Transfer(FetchRequest):
         self.demand = demand
         self.target = target
         self.state = QUEUED
-        self.blocked: list[Transfer] = []
+        self.blocked: list[Transfer] | None = None  # copies into the same slot waiting for this one
         # waits_for, start_s, setup_end, finish_v, engine and end_s are set by the link before any read
 
 
@@ -93,30 +94,41 @@ class Link:
 
     def submit(self, transfer: Transfer, at_s: float) -> None:
         """Queue a copy at time ``at_s`` (not before the last submission or advance)."""
+        self.submit_all((transfer,), at_s)
+
+    def submit_all(self, transfers: Sequence[Transfer], at_s: float) -> None:
+        """Queue copies at time ``at_s``, in order (one call per batch: this runs for every copy). An
+        empty batch does nothing (the link is not advanced: that would change its float arithmetic)."""
+        if not transfers:
+            return
         if at_s > self.now:
             self.advance(at_s)
-        self.pending += 1
-        self.submitted += 1
-        slot = transfer.slot
-        previous = self._last_in_slot.get(slot)
-        self._last_in_slot[slot] = transfer
-        if previous is not None and previous.state != DONE:
-            transfer.state = BLOCKED
-            transfer.waits_for = previous
-            previous.blocked.append(transfer)
-            if transfer.priority < previous.priority:
-                self.promote(previous, transfer.priority)
-            return
-        if self._free and not self._queue:  # an idle engine takes it at once
-            transfer.state = SETUP
-            transfer.engine = self._free.pop()
-            transfer.start_s = self.now
-            transfer.setup_end = self.now + self.latency_s
-            self._setup.append(transfer)
-            return
-        heapq.heappush(self._queue, (transfer.priority, transfer.seq, transfer))
-        if self._free:
-            self._dispatch()
+        last_in_slot, free, queue = self._last_in_slot, self._free, self._queue
+        for transfer in transfers:
+            self.pending += 1
+            self.submitted += 1
+            slot = transfer.slot
+            previous = last_in_slot.get(slot)
+            last_in_slot[slot] = transfer
+            if previous is not None and previous.state != DONE:
+                transfer.state = BLOCKED
+                transfer.waits_for = previous
+                if previous.blocked is None:
+                    previous.blocked = [transfer]
+                else:
+                    previous.blocked.append(transfer)
+                if transfer.priority < previous.priority:
+                    self.promote(previous, transfer.priority)
+            elif free and not queue:  # an idle engine takes it at once
+                transfer.state = SETUP
+                transfer.engine = free.pop()
+                transfer.start_s = now = self.now
+                transfer.setup_end = now + self.latency_s
+                self._setup.append(transfer)
+            else:
+                heapq.heappush(queue, (transfer.priority, transfer.seq, transfer))
+                if free:
+                    self._dispatch()
 
     def promote(self, transfer: Transfer, priority: int = 0) -> None:
         """Make a waiting copy at least as urgent as ``priority`` (a late prefetch became a demand)."""
@@ -239,4 +251,4 @@ class Link:
             waiting.state = QUEUED
             waiting.waits_for = None
             heapq.heappush(self._queue, (waiting.priority, waiting.seq, waiting))
-        transfer.blocked = []
+        transfer.blocked = None
