@@ -176,9 +176,11 @@ def test_at_a_glance_tabulates_every_setting_and_policy(results_dir) -> None:
 
     section = glance.build(load_inputs([results_dir]))
     table, headline = section.blocks
-    assert table.columns == ["setting", *POLICIES]
+    expected = [p if p != "pre-attention:m=10" else "pre-attention, over-provisioned" for p in POLICIES]
+    assert table.columns == ["setting", *expected]
     simulated = table.rows[0]
     assert simulated[0] == "olmoe · h200 · 0.25 of experts, lru"
     assert simulated[1].endswith("(1.00x)")  # on-demand against itself
+    assert simulated[5].endswith("x) m=10")  # the over-provisioned column names its m
     assert "live clock" in table.rows[1][0]
     assert headline.text.startswith("The fastest offloading policy is ")

@@ -16,30 +16,35 @@ def build(inputs: ReportInputs) -> Section | Omitted:
     if not compared:
         return Omitted(KEY, TITLE, "no simulation results among the inputs")
     settings = group_by_setting(compared)
-    policies = list(dict.fromkeys(r.policy for runs in settings.values() for r in runs))
+    columns = list(dict.fromkeys(column(r.policy) for runs in settings.values() for r in runs))
     rows = []
     for setting, runs in settings.items():
-        means = {r.policy: mean_latency_s(r) for r in runs}
-        base = means.get(BASELINE)
-        cells = [
-            "–"
-            if p not in means
-            else f"{1e3 * means[p]:.2f}" + (f" ({base / means[p]:.2f}x)" if base else "")
-            for p in policies
-        ]
-        rows.append([setting, *cells])
+        base = next((mean_latency_s(r) for r in runs if r.policy == BASELINE), None)
+        cells = {column(r.policy): _cell(r.policy, mean_latency_s(r), base) for r in runs}
+        rows.append([setting, *(cells.get(c, "–") for c in columns)])
+    caption = "Mean latency per token in ms (speed-up over on-demand)"
     return Section(
         KEY,
         TITLE,
-        [
-            Table(
-                ["setting", *policies], rows, caption="Mean latency per token, ms (speed-up over on-demand)"
-            ),
-            Note(_headline(settings)),
-        ],
+        [Table(["setting", *columns], rows, caption=caption), Note(_headline(settings))],
         intro="Each row replays one trace with one cache and hardware; each column is a prefetch policy.",
         synthetic=any(r.synthetic for r in compared),
     )
+
+
+def _cell(policy: str, mean_s: float, base_s: float | None) -> str:
+    text = f"{1e3 * mean_s:.2f}" + (f" ({base_s / mean_s:.2f}x)" if base_s else "")
+    knobs = policy.partition(":")[2]
+    return f"{text} {knobs}" if column(policy) != policy else text
+
+
+def column(policy: str) -> str:
+    """Table column of a policy: over-provisioned variants (``pre-attention:m=12``, whose m is the
+    model's own k') share one column whatever their m."""
+    name, _, knobs = policy.partition(":")
+    if knobs.startswith("m=") and ":" not in knobs:
+        return f"{name}, over-provisioned"
+    return policy
 
 
 def _headline(settings: dict) -> str:
