@@ -525,8 +525,9 @@ def run_sweep(
             execute_ray(todo, run_point, ray_address, record, shared)
         else:
             execute_local(todo, run_point, workers or os.cpu_count() or 1, record)
-    except RunRefused as exc:
-        raise InputError(spec.source, str(exc)) from None
+    except RunRefused as exc:  # under Ray the message carries the remote traceback: keep its last line
+        message = str(exc).strip().splitlines()[-1].split("RunRefused: ")[-1]
+        raise InputError(spec.source, message) from None
     finally:
         bar.close()
         if store.has_parts():
