@@ -73,6 +73,18 @@ def test_bad_input_exits_2_with_one_line(
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_unwritable_out_is_named_without_a_traceback(
+    trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "r.parquet"
+    assert main(["simulate", str(trace_file), "--policy", "on-demand", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{out}: cannot write the results" in err and len(err.splitlines()) == 1
+    assert blocker.read_text() == "not a folder"
+
+
 def test_missing_trace_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", str(tmp_path / "none.parquet")]) == 2
     assert "none.parquet: no such file" in capsys.readouterr().err

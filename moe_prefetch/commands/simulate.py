@@ -173,10 +173,13 @@ def _run(args: argparse.Namespace) -> int:
     print(_header(args.trace, trace, shape, hardware, cache, results[0], options))
     print(format_table([r.summary_row() for r in results]))
     if args.out:
-        if args.out.endswith(".json"):
-            results[0].to_json(args.out)
-        else:
-            write_results(results, args.out)
+        try:
+            if args.out.endswith(".json"):
+                results[0].to_json(args.out)
+            else:
+                write_results(results, args.out)
+        except OSError as exc:
+            raise InputError(args.out, f"cannot write the results ({exc.strerror or exc})") from None
         print(f"results written to {args.out}")
     return 0
 
