@@ -18,7 +18,6 @@ widths in about a minute: run it before every GPU call.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from traces.fileio import atomic_write, write_text_atomic  # noqa: E402
 from traces.refmodels import RECIPE_FILE, RECIPES  # noqa: E402
 
 
@@ -129,7 +129,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     summary = {"model": name, "status": status, "seconds": timings}
     if shipped.exists():
         summary["trace"] = ship(shipped, args.out / f"{name}.parquet", timings, args.ship_tokens)
-    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(work / "summary.json", json.dumps(summary, indent=1))
     pack_results(name, work, checkpoint, args.out / f"{name}.results.tar.gz")
     return summary
 
@@ -161,32 +161,45 @@ def ship(trace_path: Path, out: Path, timings: dict[str, float], ship_tokens: in
 
 
 def pack_results(name: str, work: Path, checkpoint: Path, out: Path) -> None:
-    """tables/*, the recipe (quality numbers), the summary and the log, in one small archive."""
+    """tables/*, the recipe (quality numbers), the summary and the log, in one small archive.
+
+    Written atomically: a run cut short by a time limit leaves no truncated archive for ship_traces.py.
+    """
     files = [work / "pipeline.log", work / "summary.json", checkpoint / RECIPE_FILE]
     files += sorted((work / "tables").glob("*")) if (work / "tables").is_dir() else []
     files += [work / "predictors" / "predictors.json"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(out, "w:gz") as tar:
+    with atomic_write(out, suffix=".tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:
         for path in files:
             if path.is_file():
                 tar.add(path, arcname=f"{name}/{path.name}")
 
 
 def run_parallel(names: list[str], args: argparse.Namespace, argv: list[str]) -> list[dict]:
-    """One child process per model, each running this script for its model alone (CPU threads shared out)."""
+    """One child process per model, each running this script for its model alone (CPU threads shared out).
+
+    A child that dies before writing its summary is reported as failed with its exit code, never by the
+    summary an earlier run left in ``--work``.
+    """
     children = []
     threads = str(max(1, (os.cpu_count() or 1) // len(names)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     for name in names:
+        (args.work / name / "summary.json").unlink(missing_ok=True)
         child_argv = [a for a in argv if a != "--parallel"]
         index = child_argv.index("--models") if "--models" in child_argv else None
         if index is not None:
             del child_argv[index : index + 2]
         command = [sys.executable, __file__, *child_argv, "--models", name]
         children.append((name, subprocess.Popen(command, env=env)))
-    for _name, proc in children:
-        proc.wait()
-    return [json.loads((args.work / name / "summary.json").read_text()) for name in names]
+    summaries = []
+    for name, proc in children:
+        code = proc.wait()
+        summary_path = args.work / name / "summary.json"
+        if summary_path.is_file():
+            summaries.append(json.loads(summary_path.read_text()))
+        else:
+            summaries.append({"model": name, "status": f"failed: exited with {code} before its summary"})
+    return summaries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,8 +238,7 @@ def print_quality(work: Path, checkpoint: Path) -> None:
             f"(ppl {quality.get('unigram_perplexity')}); worst layer max/mean load {worst:.2f}"
         )
     for md in sorted((work / "tables").glob("*.md")) if (work / "tables").is_dir() else []:
-        text = md.read_text()
-        print(io.StringIO(text).read()[:1500])
+        print(md.read_text()[:1500])
 
 
 if __name__ == "__main__":
