@@ -34,7 +34,7 @@ from predictor.tables import METADATA_KEY as ACCURACY_METADATA_KEY  # noqa: E402
 from predictor.tables import read_metadata  # noqa: E402
 from traces.fileio import atomic_write, write_text_atomic  # noqa: E402
 from traces.refmodels import RECIPE_FILE  # noqa: E402
-from traces.trace import read_trace  # noqa: E402
+from traces.trace import Trace, read_trace  # noqa: E402
 
 INTRO = (
     "These traces are **gpu-collected**: real expert choices of real MoE language models on real text, "
@@ -191,6 +191,14 @@ def collect_results(dirs: list[Path]) -> dict[str, tuple[Path, Path | None]]:
     return found
 
 
+def copy_trace(source: Path, target: Path) -> Trace:
+    """Copy a trace that the project's reader accepts to ``target`` atomically; return it as read back."""
+    read_trace(source)
+    with atomic_write(target, suffix=".parquet") as tmp:
+        shutil.copyfile(source, tmp)
+    return read_trace(target)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,9 +223,7 @@ def main() -> int:
         target = None
         if trace is not None:
             target = args.dest / f"{name}.parquet"
-            read_trace(trace)  # validate before copying
-            shutil.copyfile(trace, target)
-            prov = read_trace(target).metadata.provenance
+            prov = copy_trace(trace, target).metadata.provenance
             software = software or ", ".join(f"{k} {v}" for k, v in sorted(prov.software.items()))
         sections += model_section(name, read_results(archive), target)
     total_mb = sum(p.stat().st_size for p in args.dest.glob("*.parquet")) / 1e6
