@@ -79,6 +79,14 @@ def simulate(
     config = RunConfig(trace_fingerprint(trace), shape, hardware, cache, policy, options)
     policy_obj = make_policy(policy, trace.top_k)
     workload = Workload(trace, options.batching(), policy_obj.sources)
+    step_of_token = workload.step_of_token
+    decode = workload.decode_token_mask() & (step_of_token >= options.warmup_steps)
+    if options.warmup_steps and not decode.any() and workload.decode_token_mask().any():
+        # the summary would otherwise fall back to every token, warm-up included, and say nothing
+        raise ValueError(
+            f"warmup_steps {options.warmup_steps} leaves no decode step to measure "
+            f"(the run has {workload.num_steps} steps)"
+        )
     costs = CostModel(shape, hardware, options.compute_scale)
     controller = DecodeController(
         workload, policy_obj, cache, timing_estimates(policy_obj, costs, options), request_type=Transfer
@@ -106,8 +114,6 @@ def simulate(
         max_timeline_intervals=options.max_timeline_intervals,
     )
     c = out.counters
-    step_of_token = workload.step_of_token
-    decode = workload.decode_token_mask() & (step_of_token >= options.warmup_steps)
     counters = {
         "demand_loads": c.demand_loads,
         "prefetches_issued": c.prefetches_issued,
