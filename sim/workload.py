@@ -121,7 +121,7 @@ class Workload:
         self.top_k = trace.top_k
         for name in sources:
             if name not in DERIVED_SOURCES and name not in trace.predictions:
-                have = sorted(trace.predictions) + list(DERIVED_SOURCES)
+                have = sorted(set(trace.predictions) | set(DERIVED_SOURCES))
                 raise KeyError(f"prediction source '{name}' is not in the trace (have: {', '.join(have)})")
         self.sources = tuple(dict.fromkeys(sources))
         self._source_arrays = {name: self._source_array(name) for name in self.sources}

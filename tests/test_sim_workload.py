@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sim.testing import tiny_shape, tiny_trace
 from sim.workload import ORACLE, PREVIOUS_TOKEN, BatchingOptions, Workload
+from traces.schema import PredictorInfo
 
 
 def test_single_token_steps_follow_the_trace() -> None:
@@ -66,6 +67,15 @@ def test_unknown_prediction_source_is_named() -> None:
     trace = tiny_trace(tiny_shape())
     with pytest.raises(KeyError, match="'fate' is not in the trace"):
         Workload(trace, sources=("fate",))
+
+
+def test_unknown_source_message_lists_each_available_source_once() -> None:
+    trace = tiny_trace(tiny_shape())
+    trace = trace.with_prediction(PredictorInfo(ORACLE, "oracle"), trace.predictions["pre-attention"])
+    with pytest.raises(KeyError) as caught:
+        Workload(trace, sources=("fate",))
+    listed = caught.value.args[0].split("(have: ")[1].rstrip(")").split(", ")
+    assert sorted(listed) == sorted({"pre-attention", "cross-layer", ORACLE, PREVIOUS_TOKEN})
 
 
 @settings(max_examples=20, deadline=None)
