@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from predictor.splits import DEFAULT_FRACTIONS, SplitFractions, split_mask
+from traces.activations import layer_name
 from traces.schema import ModelShape
 
 
@@ -29,11 +30,6 @@ class ActivationSource(Protocol):
     def load(self, name: str, rows: np.ndarray | None = None) -> np.ndarray: ...
 
     def router(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-
-def layer_name(layer: int, kind: str) -> str:
-    """The activation array of ``kind`` at decoder layer ``layer``, e.g. ``L003.preattn``."""
-    return f"L{layer:03d}.{kind}"
 
 
 @dataclass

@@ -150,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
     from predictor.preattention import MANIFEST, PreAttentionPredictor, read_manifest, write_manifest
     from predictor.stacked import ARCHS
     from predictor.train import TrainConfig, prepare_data, resolve_device
-    from traces.activations import ActivationStore
+    from traces.activations import ActivationStore, layer_name
 
     store = ActivationStore(args.activations)
     model = store.model
@@ -174,7 +174,7 @@ def _train(args: argparse.Namespace) -> int:
         f"{model.num_moe_layers} MoE layers, d={model.hidden_size}, E={model.num_experts}, k={model.top_k}; "
         f"loaded onto {device} in {load_s:.1f} s"
     )
-    full_ranking = all(store.has(f"L{layer:03d}.logits") for layer in model.moe_layers)
+    full_ranking = all(store.has(layer_name(layer, "logits")) for layer in model.moe_layers)
     if not full_ranking:
         print(
             "warning: the store has no router logits, so the loss knows the router's ranking only inside "
