@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 
 from reports.inputs import ReportInputs, TableInput
 from reports.page import Figure, Note, Omitted, Section, Table
-from reports.sections.policies import BASELINE, IDEAL
+from reports.sections.policies import BASELINE, IDEAL, deployable
 from reports.style import colour, dash, figure, ms
 
 KEY = "sweeps"
@@ -177,7 +177,7 @@ def _lines(trace: str, rows: list[dict[str, Any]], axis: str, axes: list[str]) -
 
 
 def _lines_takeaway(series: dict[str, list[tuple[float, float]]], axis: str) -> str:
-    offloaded = {p: v for p, v in series.items() if p != IDEAL}
+    offloaded = {p: series[p] for p in deployable(series) or series}
     low_x = min(x for points in offloaded.values() for x, _ in points)
     high_x = max(x for points in offloaded.values() for x, _ in points)
     at_low = {p: dict(v)[low_x] for p, v in offloaded.items() if low_x in dict(v)}
@@ -186,7 +186,7 @@ def _lines_takeaway(series: dict[str, list[tuple[float, float]]], axis: str) -> 
     best_high = min(at_high, key=at_high.__getitem__)
     name = AXIS_TITLES.get(axis, axis).split(" (")[0]
     return (
-        f"At {name} {_with_unit(axis, low_x)} the fastest offloading policy is {best_low} "
+        f"At {name} {_with_unit(axis, low_x)} the fastest deployable policy is {best_low} "
         f"({ms(at_low[best_low])} per token); at {_with_unit(axis, high_x)} it is {best_high} "
         f"({ms(at_high[best_high])})."
     )
