@@ -175,6 +175,8 @@ class SimResult:
 
 
 _LIST_COLUMNS = ("token_latency_s", "decode_token", "step_latency_s", "stall_s", "hits", "late", "misses")
+#: SimResult's scalar fields, kept exactly in ``raw_<name>`` columns (the summary columns are derived)
+_RAW_SCALARS = ("total_s", "compute_s", "bytes_moved", "link_busy_s", "link_capacity_bps")
 
 
 def results_table(results: list[SimResult]) -> pa.Table:
@@ -183,8 +185,7 @@ def results_table(results: list[SimResult]) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [row.get(name) for row in rows] for name in _ordered_keys(rows)}
     for name in _LIST_COLUMNS:
         columns[name] = [getattr(r, name).tolist() for r in results]
-    scalars = ("total_s", "compute_s", "bytes_moved", "link_busy_s", "link_capacity_bps")
-    for name in scalars:
+    for name in _RAW_SCALARS:
         columns[f"raw_{name}"] = [float(getattr(r, name)) for r in results]
     columns["wall_s"] = [r.wall_s for r in results]
     columns["counters"] = [json.dumps(r.counters, sort_keys=True) for r in results]
@@ -218,12 +219,7 @@ def read_results(path: str | os.PathLike[str]) -> list[SimResult]:
     out = []
     for row in table.to_pylist():
         doc = {name: row[name] for name in _LIST_COLUMNS}
-        doc.update(
-            {
-                name: row[f"raw_{name}"]
-                for name in ("total_s", "compute_s", "bytes_moved", "link_busy_s", "link_capacity_bps")
-            }
-        )
+        doc.update({name: row[f"raw_{name}"] for name in _RAW_SCALARS})
         doc.update(
             config=json.loads(row["config"]),
             clock=row["clock"],
