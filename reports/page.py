@@ -147,7 +147,7 @@ def _render_figure(block: Figure, number: int) -> str:
     return (
         f'<figure class="figure"><p class="takeaway">{html.escape(block.takeaway)}</p>'
         f'<div id="{plot_id}" class="{PLOT_CLASS}" style="height:{int(block.height_px)}px"></div>'
-        f'<script type="application/json" id="{plot_id}-spec">{_script_safe(payload)}</script></figure>'
+        f'<script type="application/json" id="{plot_id}-spec">{_json_script_safe(payload)}</script></figure>'
     )
 
 
@@ -170,6 +170,12 @@ def _cell(value: Any) -> str:
 def _script_safe(text: str) -> str:
     """Text that can sit inside a <script> element without ending it early."""
     return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE).replace("<!--", "<\\!--")
+
+
+def _json_script_safe(payload: str) -> str:
+    """JSON that can sit inside a <script> element and still parses: every ``<`` becomes ``\\u003c``
+    (``<`` occurs only inside JSON strings, where that escape is valid; ``<\\!`` would not be)."""
+    return payload.replace("<", "\\u003c")
 
 
 _PAGE = """<!DOCTYPE html>

@@ -53,3 +53,14 @@ def test_synthetic_section_and_banner_are_visible() -> None:
 def test_table_formats_floats_compactly() -> None:
     page = _page([Section("a", "A", [Table(["x", "y"], [["row", 0.123456789]], caption="cap")])])
     assert "<td>0.1235</td>" in page and "<caption>cap</caption>" in page
+
+
+def test_figure_spec_stays_valid_json_whatever_its_text() -> None:
+    """Names such as '<!--' or '</script>' must neither end the spec's script element nor break JSON.parse
+    (a broken spec leaves that plot blank in the browser)."""
+    import json
+
+    name = "a <!-- b </script> c"
+    page = _page([Section("a", "A", [Figure(go.Figure(go.Scatter(x=[1], y=[1], name=name)), "t")])])
+    spec = re.search(r'id="plot-1-spec">(.*?)</script>', page, flags=re.DOTALL).group(1)
+    assert json.loads(spec)["data"][0]["name"] == name
