@@ -152,6 +152,7 @@ def _train(args: argparse.Namespace) -> int:
     from predictor.train import TrainConfig, prepare_data, resolve_device
     from traces.activations import ActivationStore, layer_name
 
+    _require_positive(args, "hidden", "epochs", "batch_size", "patience")
     store = ActivationStore(args.activations)
     model = store.model
     fractions: SplitFractions = args.split_fractions
@@ -256,6 +257,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if (args.trace is None) != (args.out is None):
         raise InputError(args.trace or args.out, "--trace and --out go together")
+    _require_positive(args, "frequency_window")
     store = ActivationStore(args.activations)
     model = store.model
     learned, manifest = load_predictors(args.predictors, model, args.device)
@@ -271,6 +273,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         baselines.append(CrossLayerPredictor(embed_at_first_layer=True))
     baselines += [PreviousTokenPredictor(), frequency, OraclePredictor(), RandomPredictor(args.seed)]
     predictors = [*learned, *baselines]
+    wanted = _names(args.trace_predictors)
+    scored = _names(args.trace_scores)
+    if args.trace is not None:  # before the scoring, which takes minutes on a real store
+        have = sorted(p.name for p in predictors)
+        for flag, names in (("--trace-predictors", wanted), ("--trace-scores", scored)):
+            unknown = sorted(set(names) - set(have))
+            if unknown:
+                raise InputError(args.predictors, f"{flag}: no predictor named {unknown} (have {have})")
 
     k_prime = paper_overprovision(model.top_k, model.num_experts)
     m = args.m or k_prime
@@ -310,10 +320,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     if args.trace is None:
         return 0
-    wanted = [n.strip() for n in args.trace_predictors.split(",") if n.strip()]
-    unknown = sorted(set(wanted) - set(kept))
-    if unknown:
-        raise InputError(args.predictors, f"no predictor named {unknown} (have {sorted(kept)})")
     infos = {}
     for p in predictors:
         if p.name not in wanted:
@@ -332,12 +338,24 @@ def _evaluate(args: argparse.Namespace) -> int:
             | headline_metrics(rows, p.name, model.moe_layers[0], k_prime),
             config=p.config() | {"m": m},
         )
-    scored = [n.strip() for n in args.trace_scores.split(",") if n.strip()]
     trace = read_trace(args.trace)
     out = attach_to_trace(trace, view, {n: kept[n] for n in wanted}, infos, scored, args.trace)
     write_trace(out, args.out)
     print(f"wrote {args.out}: {out.num_tokens} tokens x {out.num_layers} MoE layers, predictions {wanted}")
     return 0
+
+
+def _names(text: str) -> list[str]:
+    """The names of a comma-separated list option, blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _require_positive(args: argparse.Namespace, *names: str) -> None:
+    """InputError naming the first of the integer options ``names`` that is below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise InputError(value, f"--{name.replace('_', '-')} must be a positive integer")
 
 
 def _fmt(value: float | None) -> str:
