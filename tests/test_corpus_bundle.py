@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import numpy as np
@@ -153,3 +154,29 @@ def test_broken_bundle_is_one_input_error(tmp_path):
         pass
     with pytest.raises(InputError, match=r"no manifest\.json"):
         CorpusBundle(tmp_path / "y.tar.xz")
+
+
+def test_unreadable_bundle_is_reported_on_one_line(tmp_path, capsys):
+    (tmp_path / "x.tar.xz").write_bytes(b"not a tar")
+    assert main(["corpus", "info", str(tmp_path / "x.tar.xz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a readable corpus bundle" in err
+
+
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [
+        (b"{not json", r"manifest\.json is not valid JSON"),
+        (b"[1, 2]", r"not a moe-prefetch-corpus v1 bundle"),
+    ],
+)
+def test_bundle_with_a_broken_manifest_is_one_input_error(tmp_path, manifest, problem):
+    bundle = tmp_path / "m.tar.xz"
+    with tarfile.open(bundle, "w:xz") as tar:
+        for name in ("manifest.json", "tokenizer.json", "train.npy", "validation.npy", "test.npy"):
+            info = tarfile.TarInfo(name)
+            body = manifest if name == "manifest.json" else b"x"
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    with pytest.raises(InputError, match=problem):
+        CorpusBundle(bundle)

@@ -367,12 +367,21 @@ class CorpusBundle:
             with tarfile.open(self.path, "r:*") as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise InputError(path, f"not a readable corpus bundle ({exc})") from None
+            # tarfile lists every compression it tried on lines of their own; the error must stay one line
+            reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+            raise InputError(path, f"not a readable corpus bundle ({reason})") from None
         for name in ("manifest.json", "tokenizer.json", *(f"{s}.npy" for s in SPLITS)):
             if name not in members:
                 raise InputError(path, f"bundle has no {name}")
-        self.manifest: dict[str, Any] = json.loads(members["manifest.json"])
-        if self.manifest.get("format") != BUNDLE_FORMAT or self.manifest.get("version") != BUNDLE_VERSION:
+        try:
+            self.manifest: dict[str, Any] = json.loads(members["manifest.json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"manifest.json is not valid JSON ({exc})") from None
+        if (
+            not isinstance(self.manifest, dict)
+            or self.manifest.get("format") != BUNDLE_FORMAT
+            or self.manifest.get("version") != BUNDLE_VERSION
+        ):
             raise InputError(path, f"not a {BUNDLE_FORMAT} v{BUNDLE_VERSION} bundle")
         self.tokenizer_json = members["tokenizer.json"].decode()
         self.documents: list[dict[str, Any]] = json.loads(members.get("documents.json", b"[]"))
