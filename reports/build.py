@@ -18,7 +18,7 @@ from reports.sections import (
     trace_overview,
     validation,
 )
-from traces.fileio import write_text_atomic
+from traces.fileio import InputError, write_text_atomic
 
 DEFAULT_TITLE = "moe-prefetch report"
 #: reading order: the answer, the data, the predictors, the policies, the hardware, the check, the sources
@@ -42,6 +42,19 @@ def render_report(inputs: ReportInputs, title: str = DEFAULT_TITLE) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = PageMeta(title=title, subtitle=f"Generated {stamp} by moe-prefetch", banners=banners)
     return render_page(meta, build_sections(inputs))
+
+
+def prepare_output(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a Path whose folder exists. Commands call it before any work, so a bad ``--out`` (a
+    folder, or a path under a file) costs one line and exit 2, not a traceback after the simulations."""
+    path = Path(out)
+    if path.is_dir():
+        raise InputError(path, "is a directory; give the report's file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(path, f"cannot create its folder ({exc.strerror})") from None
+    return path
 
 
 def write_report(inputs: ReportInputs, out: str | os.PathLike[str], title: str = DEFAULT_TITLE) -> Path:

@@ -208,3 +208,17 @@ def test_at_a_glance_tabulates_every_setting_and_policy(results_dir) -> None:
     assert simulated[5].endswith("x) m=10")  # the over-provisioned column names its m
     assert "live clock" in table.rows[1][0]
     assert headline.text.startswith("The fastest deployable policy is ")
+
+
+@pytest.mark.parametrize("command", [["report", "RESULTS"], ["demo", "--fast", "--quiet"]])
+@pytest.mark.parametrize("where", ["under a file", "a directory"])
+def test_unwritable_out_fails_in_one_line_before_any_work(
+    results_dir, tmp_path, capsys, command, where
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    out = blocker / "report.html" if where == "under a file" else tmp_path
+    argv = [str(results_dir / "olmoe.parquet") if a == "RESULTS" else a for a in command]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0]

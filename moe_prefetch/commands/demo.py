@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import time
 
+    from reports.build import prepare_output
     from reports.demo import DemoSettings, format_summary, run_demo
 
+    prepare_output(args.out)
     started = time.perf_counter()
     settings = DemoSettings.fast(args.workers) if args.fast else DemoSettings(workers=args.workers)
     outcome = run_demo(settings, args.out, progress=not args.quiet)

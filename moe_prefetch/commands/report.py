@@ -26,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from reports.build import DEFAULT_TITLE, write_report
+    from reports.build import DEFAULT_TITLE, prepare_output, write_report
     from reports.inputs import load_inputs
 
+    prepare_output(args.out)
     inputs = load_inputs(args.results)
     inputs.commands.append(shlex.join(["moe-prefetch", "report", *args.results, "--out", args.out]))
     path = write_report(inputs, args.out, title=args.title or DEFAULT_TITLE)
