@@ -20,6 +20,7 @@ from tqdm import tqdm
 from predictor.data import ActivationView, layer_name
 from predictor.loss import RankTiers, ranking_aware_loss, top_order, true_ranks, true_ranks_from_topk
 from predictor.stacked import StackedPredictorNet
+from traces.collect import resolve_device as resolve_device  # one --device rule for every command
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,6 @@ class TrainConfig:
     patience: int = 5
     dropout: float = 0.1
     seed: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 @dataclass

@@ -50,10 +50,20 @@ class LoadedModel:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks the GPU when there is one."""
+    """The torch device a ``--device`` option names; ``auto`` picks the GPU when there is one.
+
+    InputError (one line, exit 2) for a name torch does not know or a CUDA device on a machine without one,
+    instead of a traceback from deep inside the first tensor copy.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError("--device", f"unknown device {name!r} (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", f"{name} asked for, but torch sees no CUDA device")
+    return device
 
 
 def load_model(

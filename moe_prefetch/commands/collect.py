@@ -56,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.seq_len < 2 or args.batch_size < 1:
         raise InputError(args.out, "--seq-len must be at least 2 and --batch-size at least 1")
+    if (args.max_tokens is not None and args.max_tokens < 1) or args.shard_tokens < 1:
+        raise InputError(args.out, "--max-tokens and --shard-tokens must be at least 1")
     device = resolve_device(args.device)
     bundle = CorpusBundle(args.corpus)
     loaded = load_model(args.model, device)

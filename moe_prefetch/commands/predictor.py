@@ -161,10 +161,7 @@ def _train(args: argparse.Namespace) -> int:
     for name, view in (("train", train_view), ("val", val_view)):
         if view.num_tokens == 0:
             raise InputError(args.activations, f"the {name} split has no tokens (too few sequences?)")
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise InputError(args.activations, str(exc)) from None
+    device = resolve_device(args.device)
     tiers = RankTiers.named(args.loss_tiers, model.top_k, model.num_experts)
     started = time.perf_counter()
     train_data = prepare_data(train_view, tiers, device)
