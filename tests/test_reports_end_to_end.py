@@ -222,3 +222,19 @@ def test_unwritable_out_fails_in_one_line_before_any_work(
     assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0]
+
+
+def test_provenance_lists_every_distinct_hardware_profile_even_under_one_name(results_dir) -> None:
+    from reports.sections import provenance
+
+    inputs = load_inputs([results_dir / "olmoe.parquet", results_dir / "sim.parquet"])
+    run = inputs.runs[0]
+    hardware = run.result.config.hardware
+    recalibrated = dataclasses.replace(hardware, meta=dataclasses.replace(hardware.meta, date="2099-01-01"))
+    config = dataclasses.replace(run.result.config, hardware=recalibrated)
+    inputs.runs.append(dataclasses.replace(run, result=dataclasses.replace(run.result, config=config)))
+    (table,) = [
+        b for b in provenance.build(inputs).blocks if getattr(b, "caption", "") == "Hardware profiles"
+    ]
+    assert [row[0] for row in table.rows] == [hardware.meta.name, hardware.meta.name]
+    assert {row[3] for row in table.rows} == {hardware.meta.date or "–", "2099-01-01"}

@@ -74,11 +74,12 @@ def _predictor_rows(inputs: ReportInputs) -> list[list[str]]:
 
 
 def _hardware_rows(inputs: ReportInputs) -> list[list[str]]:
-    seen: dict[str, list[str]] = {}
-    for run in inputs.runs:
-        meta = run.result.config.hardware.meta
-        seen.setdefault(meta.name, [meta.name, meta.source, meta.gpu or "–", meta.date or "–", meta.notes])
-    return list(seen.values())
+    """One row per distinct profile: two profiles of one name (a preset and a re-calibration) both show."""
+    rows = dict.fromkeys(
+        (meta.name, meta.source, meta.gpu or "–", meta.date or "–", meta.notes)
+        for meta in (run.result.config.hardware.meta for run in inputs.runs)
+    )
+    return [list(row) for row in rows]
 
 
 def _table_rows(inputs: ReportInputs) -> list[list[str]]:
