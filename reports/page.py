@@ -10,9 +10,10 @@ the reason, so a reader sees what the report could have shown.
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,9 +83,9 @@ def render_page(meta: PageMeta, sections: Sequence[Section | Omitted], plotly_js
         from plotly.offline import get_plotlyjs
 
         plotly_js = get_plotlyjs()
-    counter = _Counter()
+    figure_numbers = itertools.count(1)  # plot-1, plot-2, ... unique across the page
     toc = "\n".join(_toc_entry(s) for s in sections)
-    body = "\n".join(_render_section(s, counter) for s in sections)
+    body = "\n".join(_render_section(s, figure_numbers) for s in sections)
     banners = "\n".join(f'<div class="banner">{html.escape(b)}</div>' for b in meta.banners)
     subtitle = f'<p class="subtitle">{html.escape(meta.subtitle)}</p>' if meta.subtitle else ""
     return _PAGE.format(
@@ -99,15 +100,6 @@ def render_page(meta: PageMeta, sections: Sequence[Section | Omitted], plotly_js
     )
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def next(self) -> int:
-        self.value += 1
-        return self.value
-
-
 def _toc_entry(section: Section | Omitted) -> str:
     if isinstance(section, Omitted):
         return f'<li class="omitted">{html.escape(section.title)} <span>(omitted)</span></li>'
@@ -115,7 +107,7 @@ def _toc_entry(section: Section | Omitted) -> str:
     return f'<li><a href="#{section.key}">{html.escape(section.title)}</a>{badge}</li>'
 
 
-def _render_section(section: Section | Omitted, counter: _Counter) -> str:
+def _render_section(section: Section | Omitted, figure_numbers: Iterator[int]) -> str:
     if isinstance(section, Omitted):
         return (
             f'<section id="{section.key}" class="omitted"><h2>{html.escape(section.title)}</h2>'
@@ -123,15 +115,15 @@ def _render_section(section: Section | Omitted, counter: _Counter) -> str:
         )
     badge = ' <span class="badge">SYNTHETIC DATA</span>' if section.synthetic else ""
     intro = f"<p>{html.escape(section.intro)}</p>" if section.intro else ""
-    blocks = "\n".join(_render_block(b, counter) for b in section.blocks)
+    blocks = "\n".join(_render_block(b, figure_numbers) for b in section.blocks)
     return (
         f'<section id="{section.key}"><h2>{html.escape(section.title)}{badge}</h2>{intro}\n{blocks}</section>'
     )
 
 
-def _render_block(block: Block, counter: _Counter) -> str:
+def _render_block(block: Block, figure_numbers: Iterator[int]) -> str:
     if isinstance(block, Figure):
-        return _render_figure(block, counter.next())
+        return _render_figure(block, next(figure_numbers))
     if isinstance(block, Table):
         return _render_table(block)
     css = "note warning" if block.kind == "warning" else "note"
