@@ -333,19 +333,35 @@ def _merge(per_file: list[_Rows]) -> _Rows:
 
 
 def _decide_top_k(rows: _Rows, options: ImportOptions, metas: list[dict], report: ImportReport) -> int:
-    if options.top_k is not None:
-        return options.top_k
-    meta_k = _meta_value(metas, "top_k", report)
-    if len(meta_k) == 1:
-        k = meta_k.pop()
-        report.decisions.append(f"k={k} from the log's meta line")
-        return k
-    if options.model is not None:
-        report.decisions.append(f"k={options.model.top_k} from the model shape")
-        return options.model.top_k
+    model_k = None if options.model is None else options.model.top_k
+    given = _given_size("top_k", "k", options.top_k, metas, model_k, report)
+    if given is not None:
+        return given
     k, _ = Counter(len(e) for e in rows.experts).most_common(1)[0]
     report.decisions.append(f"k={k} inferred: the most common list length (pass --top-k to set it)")
     return k
+
+
+def _given_size(
+    name: str,
+    symbol: str,
+    option: int | None,
+    metas: list[dict],
+    model_value: int | None,
+    report: ImportReport,
+) -> int | None:
+    """Size ``name`` from the command line, else the logs' meta lines, else the model shape (recording
+    which in the report); None when none of them gives it and it must be inferred from the rows."""
+    if option is not None:
+        return option
+    meta = _meta_value(metas, name, report)
+    if len(meta) == 1:
+        value = meta.pop()
+        report.decisions.append(f"{symbol}={value} from the log's meta line")
+        return value
+    if model_value is not None:
+        report.decisions.append(f"{symbol}={model_value} from the model shape")
+    return model_value
 
 
 def _meta_value(metas: list[dict], name: str, report: ImportReport) -> set[int]:
@@ -367,16 +383,10 @@ def _drop_wrong_length(rows: _Rows, top_k: int, report: ImportReport) -> _Rows:
 def _decide_num_experts(
     path: str | os.PathLike[str], rows: _Rows, options: ImportOptions, metas: list[dict], report: ImportReport
 ) -> int:
-    if options.num_experts is not None:
-        return options.num_experts
-    meta_e = _meta_value(metas, "num_experts", report)
-    if len(meta_e) == 1:
-        e = meta_e.pop()
-        report.decisions.append(f"E={e} from the log's meta line")
-        return e
-    if options.model is not None:
-        report.decisions.append(f"E={options.model.num_experts} from the model shape")
-        return options.model.num_experts
+    model_e = None if options.model is None else options.model.num_experts
+    given = _given_size("num_experts", "E", options.num_experts, metas, model_e, report)
+    if given is not None:
+        return given
     if not rows.experts:
         raise InputError(path, "no well-formed routing rows")
     e = max(max(ids) for ids in rows.experts) + 1
