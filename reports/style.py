@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import plotly.graph_objects as go
@@ -31,12 +32,31 @@ KNOWN_COLOURS = {
 }
 
 
+#: colours for other names (traces, predictor variants such as ``pre-attention-arch2``): none of them is
+#: a known name's colour, so a variant never looks like another policy
+OTHER_COLOURS = ("#17becf", "#e377c2", "#222222", "#637939", "#7b4173", "#e7ba52", "#6b6ecf", "#a6cee3")
+
+
 def colour(name: str) -> str:
     """A stable colour per policy or predictor name; variants (``pre-attention:m=12``) share the base's."""
     base = name.split(":")[0]
     if base in KNOWN_COLOURS:
         return KNOWN_COLOURS[base]
-    return PALETTE[sum(name.encode()) % len(PALETTE)]
+    return OTHER_COLOURS[sum(name.encode()) % len(OTHER_COLOURS)]
+
+
+def distinct_colours(names: Iterable[str]) -> dict[str, str]:
+    """Colours for the lines of one figure: each name's ``colour`` unless an earlier other name already
+    took it, then the first free one, so two lines of a legend never look alike (up to eight other names)."""
+    taken: set[str] = set()
+    chosen: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        preferred = colour(name)
+        if name.split(":")[0] not in KNOWN_COLOURS and preferred in taken:
+            preferred = next((c for c in OTHER_COLOURS if c not in taken), preferred)
+        chosen[name] = preferred
+        taken.add(preferred)
+    return chosen
 
 
 def dash(name: str) -> str:

@@ -21,7 +21,7 @@ from predictor.metrics import SequenceBootstrap
 from predictor.tables import MEAN_LAYER, PAPER_FIRST_LAYER, to_arrow
 from reports.inputs import ReportInputs, TableInput, TraceInput
 from reports.page import Figure, Note, Omitted, Section, Table
-from reports.style import colour, figure, pct
+from reports.style import distinct_colours, figure, pct
 
 KEY = "accuracy"
 TITLE = "Predictor accuracy"
@@ -110,7 +110,8 @@ def _per_layer_figure(model: str, rows: list[dict[str, Any]], layers: list[int])
         xaxis={"title": {"text": "decoder layer"}, "tickmode": "array", "tickvals": layers},
         yaxis={"title": {"text": "exact match"}, "tickformat": ".0%", "range": [0, 1.02]},
     )
-    for name in dict.fromkeys(r["predictor"] for r in rows):
+    colours = distinct_colours(r["predictor"] for r in rows)
+    for name, line_colour in colours.items():
         points = sorted(
             (
                 r
@@ -130,7 +131,7 @@ def _per_layer_figure(model: str, rows: list[dict[str, Any]], layers: list[int])
                 y=[r["value"] for r in points],
                 name=name,
                 mode="lines+markers",
-                line={"color": colour(name)},
+                line={"color": line_colour},
                 error_y={
                     "type": "data",
                     "array": upper,

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from reports.inputs import ReportInputs, TraceInput
 from reports.page import Figure, Note, Omitted, Section
-from reports.style import colour, figure, pct
+from reports.style import distinct_colours, figure, pct
 from traces import stats
 
 KEY = "trace-overview"
@@ -28,13 +28,14 @@ def build(inputs: ReportInputs) -> Section | Omitted:
     if not inputs.traces:
         return Omitted(KEY, TITLE, "no trace among the inputs")
     blocks: list[Any] = []
+    colours = distinct_colours(t.name for t in inputs.traces)  # one colour per trace in every figure
     for item in inputs.traces:
         if item.synthetic:
             blocks.append(
                 Note(f"{item.name} is a SYNTHETIC trace (generated, not measured).", kind="warning")
             )
-        blocks += [_popularity(item), _reuse(item)]
-    blocks.append(_oracle_cache(inputs.traces))
+        blocks += [_popularity(item), _reuse(item, colours[item.name])]
+    blocks.append(_oracle_cache(inputs.traces, colours))
     return Section(
         KEY,
         TITLE,
@@ -75,7 +76,7 @@ def _popularity(item: TraceInput) -> Figure:
     return Figure(fig, takeaway, height_px=max(320, min(900, 18 * len(layers) + 140)))
 
 
-def _reuse(item: TraceInput) -> Figure:
+def _reuse(item: TraceInput, bar_colour: str) -> Figure:
     summary = stats.reuse_distance_summary(item.trace)
     edges = summary.bin_edges
     labels = [_bin_label(i, edges) for i in range(len(edges))]
@@ -85,9 +86,7 @@ def _reuse(item: TraceInput) -> Figure:
         xaxis={"title": {"text": "reuse distance (tokens)"}, "type": "category"},
         yaxis={"title": {"text": "share of reuses"}, "tickformat": ".0%"},
     )
-    fig.add_trace(
-        go.Bar(x=labels, y=summary.histogram / total, marker={"color": colour(item.name)}, name=item.name)
-    )
+    fig.add_trace(go.Bar(x=labels, y=summary.histogram / total, marker={"color": bar_colour}, name=item.name))
     next_token = summary.histogram[0] / total if len(summary.histogram) else 0.0
     median = summary.quantiles.get(0.5, math.nan)
     takeaway = (
@@ -97,7 +96,7 @@ def _reuse(item: TraceInput) -> Figure:
     return Figure(fig, takeaway, height_px=360)
 
 
-def _oracle_cache(traces: list[TraceInput]) -> Figure:
+def _oracle_cache(traces: list[TraceInput], colours: dict[str, str]) -> Figure:
     fig = figure(
         title={"text": "Hit rate of an optimal (Belady) per-layer expert cache, no prefetching"},
         xaxis={
@@ -121,7 +120,7 @@ def _oracle_cache(traces: list[TraceInput]) -> Figure:
                 y=[p[1] for p in points],
                 name=item.name,
                 mode="lines+markers",
-                line={"color": colour(item.name)},
+                line={"color": colours[item.name]},
             )
         )
         quarter = min(points, key=lambda p: abs(p[0] - 0.25))
