@@ -101,3 +101,12 @@ def _validation_runs(folder):
     write_results([simulated], folder / "sim.parquet")
     write_results([dataclasses.replace(simulated, clock="live")], folder / "live.parquet")
     return folder
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_demo_refuses_fewer_than_one_worker_in_one_line(tmp_path, capsys, workers) -> None:
+    out = tmp_path / "demo.html"
+    assert main(["demo", "--fast", "--quiet", "--workers", workers, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["moe-prefetch demo: error: --workers must be >= 1"]
+    assert not out.parent.joinpath("demo_sweep.parquet").exists()

@@ -33,11 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
     import time
 
+    from moe_prefetch.cli import EXIT_BAD_INPUT
     from reports.build import prepare_output
     from reports.demo import DemoSettings, format_summary, run_demo
 
+    if args.workers is not None and args.workers < 1:  # as `moe-prefetch sweep` refuses it
+        print("moe-prefetch demo: error: --workers must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
     prepare_output(args.out)
     started = time.perf_counter()
     settings = DemoSettings.fast(args.workers) if args.fast else DemoSettings(workers=args.workers)
