@@ -145,10 +145,14 @@ def _heatmap(trace: str, rows: list[dict[str, Any]], policy: str, axes: list[str
     )
     best = max(points, key=lambda r: r["speedup"])
     worst = min(points, key=lambda r: r["speedup"])
-    takeaway = (
-        f"{policy} is {worst['speedup']:.2f}x to {best['speedup']:.2f}x as fast as on-demand; the gain is "
-        f"largest at {_with_unit('pcie_gbps', best['pcie_gbps'])} with cache {_fmt(best['cache'])}.{held}"
+    where = f"{_with_unit('pcie_gbps', best['pcie_gbps'])} with cache {_fmt(best['cache'])}"
+    verdict = (
+        f"the gain is largest at {where}"
+        if best["speedup"] > 1.0
+        else f"it never beats on-demand; it comes closest at {where}"
     )
+    span = f"{worst['speedup']:.2f}x to {best['speedup']:.2f}x"
+    takeaway = f"{policy} is {span} as fast as on-demand; {verdict}.{held}"
     return Figure(fig, takeaway, height_px=max(320, 50 * len(caches) + 180))
 
 
