@@ -214,8 +214,20 @@ def read_results(path: str | os.PathLike[str]) -> list[SimResult]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(path, f"not a readable Parquet file ({exc})") from None
-    if RESULTS_METADATA_KEY not in (table.schema.metadata or {}):
+    raw_meta = (table.schema.metadata or {}).get(RESULTS_METADATA_KEY)
+    if raw_meta is None:
         raise InputError(path, "not a moe-prefetch results table")
+    try:
+        version = json.loads(raw_meta).get("version")
+    except (json.JSONDecodeError, AttributeError):
+        version = None
+    if version != RESULTS_VERSION:
+        raise InputError(path, f"unknown results version {version!r} (this tool reads {RESULTS_VERSION})")
+    raw_columns = [f"raw_{name}" for name in _RAW_SCALARS]
+    required = ["config", "clock", "counters", "timeline", *_LIST_COLUMNS, *raw_columns]
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        raise InputError(path, f"results table lacks column {missing[0]!r}")
     out = []
     for row in table.to_pylist():
         doc = {name: row[name] for name in _LIST_COLUMNS}

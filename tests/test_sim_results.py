@@ -6,12 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from sim.cache import CacheConfig
 from sim.config import RunConfig, SimOptions, trace_fingerprint
 from sim.policies import PolicySpec
-from sim.results import SimResult, read_results, write_results
+from sim.results import RESULTS_METADATA_KEY, SimResult, read_results, write_results
 from sim.simulation import simulate
 from sim.testing import tiny_hardware, tiny_shape, tiny_trace
 from traces.fileio import InputError
@@ -65,6 +66,21 @@ def test_unreadable_results_are_refused(tmp_path: Path) -> None:
         SimResult.read_json(path)
     with pytest.raises(InputError, match="no such file"):
         read_results(tmp_path / "none.parquet")
+
+
+def test_results_table_missing_a_column_or_of_another_version_is_refused_in_one_line(
+    tmp_path: Path, results: list[SimResult]
+) -> None:
+    path = tmp_path / "r.parquet"
+    write_results(results, path)
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(["counters"]), tmp_path / "cut.parquet")
+    with pytest.raises(InputError, match="lacks column 'counters'"):
+        read_results(tmp_path / "cut.parquet")
+    newer = table.replace_schema_metadata({RESULTS_METADATA_KEY: b'{"version": 99}'})
+    pq.write_table(newer, tmp_path / "newer.parquet")
+    with pytest.raises(InputError, match="unknown results version 99"):
+        read_results(tmp_path / "newer.parquet")
 
 
 def test_run_key_changes_with_any_input(results: list[SimResult]) -> None:
