@@ -550,6 +550,8 @@ def open_model(
     live: LiveOptions,
 ) -> LiveModel:
     """Plan memory, refuse with one line if it does not fit, then build the LiveModel."""
+    from traces.collect import resolve_device  # the one --device rule of every command (imports torch)
+
     device = resolve_device(live.device)
     plan = plan_memory(shape, slots, transfers, batch, max_context, predictor, live.host_budget_bytes)
     check_memory(plan, shape, _free_gpu_bytes(device), available_host_bytes())
@@ -564,17 +566,6 @@ def _free_gpu_bytes(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 50
     return int(torch.cuda.mem_get_info(device)[0])
-
-
-def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(name, "no CUDA device is available (use --device cpu for a functional run)")
-    return device
 
 
 # ---------------------------------------------------------------------------------------------- the run
