@@ -34,7 +34,7 @@ from predictor.train import (
     stacked_logits,
     train_stacked,
 )
-from traces.fileio import InputError, atomic_write, write_text_atomic
+from traces.fileio import InputError, atomic_write, read_versioned_json, write_text_atomic
 from traces.schema import ModelShape
 
 MANIFEST = "predictors.json"
@@ -178,15 +178,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise InputError(directory, f"no {MANIFEST}: not a predictor directory (run 'predictor train')")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise InputError(path, f"format is not {MANIFEST_FORMAT!r}")
-    if doc.get("version") != MANIFEST_VERSION:
-        raise InputError(path, f"unknown version {doc.get('version')!r} (this tool reads {MANIFEST_VERSION})")
-    return doc
+    return read_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION)
 
 
 def write_manifest(directory: Path, doc: dict[str, Any]) -> None:

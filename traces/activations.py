@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from traces.fileio import InputError, write_text_atomic
+from traces.fileio import InputError, read_versioned_json, write_text_atomic
 from traces.schema import ModelShape, Provenance
 
 FORMAT_NAME = "moe-prefetch-activations"
@@ -265,17 +265,7 @@ class ActivationStore:
             raise InputError(
                 self.directory, "no manifest.json: not an activation store, or an incomplete one"
             )
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(path, f"not valid JSON ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-            raise InputError(path, f"format is not {FORMAT_NAME!r}")
-        if doc.get("version") != FORMAT_VERSION:
-            raise InputError(
-                path, f"unknown version {doc.get('version')!r} (this tool reads {FORMAT_VERSION})"
-            )
-        return doc
+        return read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION)
 
     @property
     def num_tokens(self) -> int:

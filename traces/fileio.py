@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -47,3 +48,17 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_versioned_json(path: str | os.PathLike[str], format_name: str, version: int) -> dict:
+    """A JSON manifest that names its ``format`` and ``version``; InputError (one line) when the file is
+    not JSON, is another format, or is a version this tool does not read."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != format_name:
+        raise InputError(path, f"format is not {format_name!r}")
+    if doc.get("version") != version:
+        raise InputError(path, f"unknown version {doc.get('version')!r} (this tool reads {version})")
+    return doc
