@@ -107,14 +107,24 @@ def write_tables(
         keep = [r for r in old.cast(new.schema).to_pylist() if r["model"] != model.name]
         combined = pa.concat_tables([to_arrow(keep), new]) if keep else new
     metadata["models"][model.name] = provenance
-    combined = combined.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
-    with atomic_write(parquet_path, suffix=".parquet") as tmp:
-        pq.write_table(combined, tmp, compression="zstd")
-    csv_path = table_dir / f"{TABLE_STEM}.csv"
-    write_text_atomic(csv_path, _csv_text(combined))
+    paths = write_combined(table_dir, combined, metadata["models"])
     md_path = table_dir / f"{TABLE_STEM}_{_file_token(model.name)}.md"
     write_text_atomic(md_path, render_markdown(rows, model, k_prime, heading))
-    return [parquet_path, csv_path, md_path]
+    return [*paths, md_path]
+
+
+def write_combined(table_dir: Path, table: pa.Table, models: dict[str, Any]) -> list[Path]:
+    """Write the long accuracy table of several models as Parquet (``models`` = each model's provenance,
+    in the metadata) and CSV, atomically; returns the two paths."""
+    table_dir = Path(table_dir)
+    metadata = {"version": 1, "models": models}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    parquet_path = table_dir / f"{TABLE_STEM}.parquet"
+    with atomic_write(parquet_path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    csv_path = table_dir / f"{TABLE_STEM}.csv"
+    write_text_atomic(csv_path, _csv_text(table))
+    return [parquet_path, csv_path]
 
 
 # ---------------------------------------------------------------------------------------------- markdown

@@ -24,14 +24,12 @@ import tarfile
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from predictor.tables import METADATA_KEY as ACCURACY_METADATA_KEY  # noqa: E402
-from predictor.tables import read_metadata  # noqa: E402
+from predictor.tables import read_metadata, write_combined  # noqa: E402
 from traces.fileio import atomic_write, write_text_atomic  # noqa: E402
 from traces.refmodels import RECIPE_FILE  # noqa: E402
 from traces.trace import Trace, read_trace  # noqa: E402
@@ -162,14 +160,7 @@ def write_accuracy_tables(found: dict[str, tuple[Path, Path | None]], folder: Pa
                     write_text_atomic(folder / base, tar.extractfile(member).read().decode())  # type: ignore[union-attr]
     if not tables:
         return
-    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
-    metadata = json.dumps({"version": 1, "models": models}, sort_keys=True).encode()
-    merged = merged.replace_schema_metadata({ACCURACY_METADATA_KEY: metadata})
-    with atomic_write(folder / "accuracy.parquet", suffix=".parquet") as tmp:
-        pq.write_table(merged, tmp, compression="zstd")
-    buffer = io.BytesIO()
-    pacsv.write_csv(merged, buffer)
-    write_text_atomic(folder / "accuracy.csv", buffer.getvalue().decode())
+    write_combined(folder, pa.concat_tables([t.replace_schema_metadata(None) for t in tables]), models)
     print(f"wrote {folder}/accuracy.parquet and accuracy.csv for {sorted(models)}")
 
 
