@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Calibration + simulator validation on the GPU machine, in one command; results land in $OUT.
+# Calibration + the live half of the simulator validation on the GPU machine, in one command; results
+# land in $OUT. The simulated half and the comparison need no GPU: run them where the files come back,
+#   moe-prefetch validate --grid GRID.toml --hardware OUT/h200.toml --out OUT/validation --resimulate
 #
 #   scripts/gpu_validate.sh [GRID.toml]        (default: reports/validation/grid.toml)
 #
 # Environment: OUT (default ./gpu-out), SHAPES (model shapes to calibrate, default the grid's three),
 # HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
-# into /tmp/site here; without it the live runs still happen (--live-only) and the comparison can be
-# redone anywhere with `moe-prefetch validate --resimulate`.
-# Leaves at most 8 files in $OUT: h200.toml, calibration.json, log.txt and validation/{live,sim}.parquet,
-# validation.{md,csv,json}.
+# into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
+# Leaves 4 files in $OUT: h200.toml, calibration.json, log.txt and validation/live.parquet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-reports/validation/grid.toml}
@@ -24,8 +24,6 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-MODE=()
-python3 -c "import simpy" 2>/dev/null || MODE=(--live-only)
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
     SECONDS=0
@@ -36,6 +34,6 @@ python3 -c "import simpy" 2>/dev/null || MODE=(--live-only)
     echo "calibration took ${SECONDS}s"
     SECONDS=0
     python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
-        --host-budget-gib "$HOST_BUDGET_GIB" "${MODE[@]}"
+        --host-budget-gib "$HOST_BUDGET_GIB" --live-only
     echo "validation took ${SECONDS}s"
 } 2>&1 | tee "$OUT/log.txt"

@@ -37,10 +37,12 @@ attention at the mean context and each expert on the first ``n`` rows (no gather
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -612,7 +614,7 @@ def run_live(
     costs = CostModel(shape, hardware, options.compute_scale)
     estimates = timing_estimates(policy_obj, costs, options)
     torch = model.torch
-    with torch.inference_mode():
+    with torch.inference_mode(), _no_garbage_collection():
         if live.warmup_steps:
             warm = DecodeController(workload, make_policy(policy, trace.top_k), cache, estimates)
             _Decode(model, warm, options, 0, live.warmup_steps).run()
@@ -654,6 +656,21 @@ def run_live(
         timeline=decode.timeline.intervals(),
         wall_s=time.perf_counter() - started,
     )
+
+
+@contextlib.contextmanager
+def _no_garbage_collection() -> Iterator[None]:
+    """Collect once, then keep Python's cyclic garbage collector off while decoding: the loop is
+    host-bound, and a collection pass over the controller's objects lands in some step's latency as a
+    spike that no simulator models (serving engines freeze the collector for the same reason)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _Decode:

@@ -10,6 +10,7 @@ drives it::
     eviction = "lru"
     warmup_steps = 4          # leading steps left out of both summaries (cold cache, GPU warm-up)
     timeline_steps = 0
+    passes = 2                # live passes over the grid, alternately forward and backward
 
     [[validate.shapes]]
     shape = "qwen3-30b-a3b"   # a known shape key or an HF config.json
@@ -56,9 +57,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 SYNTHETIC = "synthetic"
 DEFAULT_POLICIES = ("on-demand", "pre-attention", "cross-layer", "previous-token", "oracle", "resident")
-#: tokens of the discarded burn-in run per shape, and the clock label of repeated runs
+#: tokens of the discarded burn-in run per shape
 BURN_IN_TOKENS = 8
-REPEAT_CLOCK = "live-repeat"
+#: counter of a live result that says which pass over the grid produced it
+PASS_COUNTER = "live_pass"
 #: fidelity targets of issue 6
 MEAN_TARGET = 0.05
 P99_TARGET = 0.10
@@ -82,6 +84,7 @@ class Grid:
     eviction: str = "lru"
     warmup_steps: int = 4
     timeline_steps: int = 0
+    passes: int = 2
 
     def options(self) -> SimOptions:
         return SimOptions(warmup_steps=self.warmup_steps, timeline_steps=self.timeline_steps)
@@ -105,6 +108,8 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
         raise InputError(path, f"not a validation grid ({type(exc).__name__}: {exc})") from None
     for name in grid.policies:
         PolicySpec.parse(name)
+    if grid.passes < 1:
+        raise InputError(path, f"passes must be >= 1, got {grid.passes}")
     if not grid.shapes:
         raise InputError(path, "the grid names no shapes")
     return grid
@@ -168,8 +173,10 @@ def run_live_grid(
     ``on_shape_done`` gets the results so far after each shape (to save them as the run goes).
 
     Per shape, a short burn-in run comes first and is discarded (the first run after building a model
-    was markedly slower on the H200 machine), and the first grid point is run again at the end: those
-    repeats come back with ``clock="live-repeat"`` and measure how reproducible a live number is.
+    was markedly slower on the H200 machine); then ``grid.passes`` passes over the grid points,
+    alternately forward and backward, so that a slow drift of the host's speed during the runs (seen on
+    the H200 VM) lands on every configuration alike instead of on the late ones. Each result carries its
+    pass in ``counters["live_pass"]``; ``compare`` pools the passes and reports their spread.
     """
     from sim import live
 
@@ -222,16 +229,12 @@ def _live_shape(
     first_spec, first_fraction = points[0]
     burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
     live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
-    for spec, fraction in points:
-        say(f"{shape.name}: live {spec.label()} at {fraction:g} of experts")
-        results.append(
-            live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
-        )
-    say(f"{shape.name}: live {first_spec.label()} at {first_fraction:g} again (repeatability)")
-    again = live.run_live(
-        model, trace, hardware, grid.cache(first_fraction), first_spec, options, live_options
-    )
-    results.append(dataclasses.replace(again, clock=REPEAT_CLOCK))
+    for p in range(grid.passes):
+        for spec, fraction in points if p % 2 == 0 else points[::-1]:
+            say(f"{shape.name}: pass {p + 1}/{grid.passes}: live {spec.label()} at {fraction:g} of experts")
+            result = live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
+            result.counters[PASS_COUNTER] = p
+            results.append(result)
     return results
 
 
@@ -280,35 +283,37 @@ def _identity(result: SimResult) -> tuple[str, str, float | None, str]:
     return (cfg.shape.name, cfg.policy.label(), cfg.cache.fraction, cfg.trace)
 
 
-def compare(
-    live: Sequence[SimResult], sim: Sequence[SimResult], prefer_repeat: bool = False
-) -> list[dict[str, Any]]:
+def compare(live: Sequence[SimResult], sim: Sequence[SimResult]) -> list[dict[str, Any]]:
     """One row per configuration present in both lists, matched by shape, policy, cache and trace
     (the hardware profile may differ: re-simulation with an improved profile is the point).
 
-    With ``prefer_repeat`` a configuration that was run again (``clock="live-repeat"``) is compared
-    through its repeat, and the first run's mean is kept as ``first_run_mean_ms``: the first run after
-    building a model met every context length for the first time (see the validation README).
+    The live side pools every pass of a configuration (mean, p50 and p99 over all their measured
+    tokens) and reports the passes' means and their spread, ``(max - min) / mean``: the live clock's own
+    reproducibility, against which an error can be judged. Decisions must agree in every pass.
     """
     sims = {_identity(r): r for r in sim}
-    repeats = {_identity(r): r for r in live if r.clock == REPEAT_CLOCK} if prefer_repeat else {}
+    passes: dict[tuple[str, str, float | None, str], list[SimResult]] = {}
+    for r in live:
+        if r.clock == "live":
+            passes.setdefault(_identity(r), []).append(r)
     rows = []
-    for first in (r for r in live if r.clock == "live"):
-        lr = repeats.get(_identity(first), first)
-        sr = sims.get(_identity(lr))
+    for identity, runs in passes.items():
+        sr = sims.get(identity)
         if sr is None:
             continue
-        a, b = lr.summary(), sr.summary()
-        cfg = lr.config
+        a, b = pooled_summary(runs), sr.summary()
+        means = [r.summary()["mean_latency_s"] for r in runs]
+        cfg = runs[0].config
         rows.append(
             {
-                "live_run": lr.clock,
-                "first_run_mean_ms": first.summary()["mean_latency_s"] * 1e3,
                 "shape": cfg.shape.name,
                 "policy": cfg.policy.label(),
                 "cache_fraction": cfg.cache.fraction,
-                "cache_slots": lr.counters.get("cache_slots", 0),
+                "cache_slots": runs[0].counters.get("cache_slots", 0),
                 "tokens": a["tokens"],
+                "live_passes": len(runs),
+                "live_pass_means_ms": [m * 1e3 for m in means],
+                "live_spread": (max(means) - min(means)) / a["mean_latency_s"],
                 "live_mean_ms": a["mean_latency_s"] * 1e3,
                 "sim_mean_ms": b["mean_latency_s"] * 1e3,
                 "mean_err": _error(b["mean_latency_s"], a["mean_latency_s"]),
@@ -324,9 +329,10 @@ def compare(
                 "sim_late": b["late"],
                 "live_misses": a["misses"],
                 "sim_misses": b["misses"],
-                "misses_identical": a["misses"] == b["misses"]
+                "misses_identical": a["decisions_agree"]
+                and a["misses"] == b["misses"]
                 and a["hits"] + a["late"] == b["hits"] + b["late"],
-                "transfers": lr.counters.get("transfers", 0),
+                "transfers": runs[0].counters.get("transfers", 0),
                 "sim_transfers": sr.counters.get("transfers", 0),
                 "bytes_moved": a["bytes_moved"],
                 "live_stall_ms": a["stall_s"] * 1e3,
@@ -336,26 +342,22 @@ def compare(
     return rows
 
 
-def repeatability(live: Sequence[SimResult]) -> list[dict[str, Any]]:
-    """For each repeated live run: its mean latency, the first run's, and their relative difference."""
-    firsts = {_identity(r): r for r in live if r.clock == "live"}
-    out = []
-    for again in (r for r in live if r.clock == REPEAT_CLOCK):
-        first = firsts.get(_identity(again))
-        if first is None:
-            continue
-        a, b = first.summary()["mean_latency_s"], again.summary()["mean_latency_s"]
-        out.append(
-            {
-                "shape": again.config.shape.name,
-                "policy": again.config.policy.label(),
-                "cache_fraction": again.config.cache.fraction,
-                "first_mean_ms": a * 1e3,
-                "repeat_mean_ms": b * 1e3,
-                "difference": (b - a) / a if a else float("nan"),
-            }
-        )
-    return out
+def pooled_summary(runs: Sequence[SimResult]) -> dict[str, Any]:
+    """The summary of several live passes of one configuration: latency statistics over the measured
+    tokens of all passes, counts of the first pass (``decisions_agree``: every pass decided alike)."""
+    latency = np.concatenate([r.token_latency_s[r.decode_token] for r in runs])
+    first = runs[0].summary()
+    agree = all(
+        int(r.misses.sum()) == first["misses"]
+        and int(r.hits.sum()) + int(r.late.sum()) == first["hits"] + first["late"]
+        for r in runs
+    )
+    return first | {
+        "mean_latency_s": float(latency.mean()),
+        "p50_latency_s": float(np.percentile(latency, 50)),
+        "p99_latency_s": float(np.percentile(latency, 99)),
+        "decisions_agree": agree,
+    }
 
 
 def expand_resident(rows: list[dict[str, Any]], fractions: Sequence[float]) -> list[dict[str, Any]]:
@@ -440,16 +442,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The per-configuration table as Markdown."""
     head = (
         "| shape | cache | policy | live mean ms | sim mean ms | err | live p50 | sim p50 | err | live p99 "
-        "| sim p99 | err | hits+late live/sim | misses live/sim | transfers | GB moved |"
+        "| sim p99 | err | live spread | hits+late live/sim | misses live/sim | transfers | GB moved |"
     )
-    lines = [head, "|" + "---|" * 16]
+    lines = [head, "|" + "---|" * 17]
     for r in sorted(rows, key=lambda r: (r["shape"], r["cache_fraction"], r["live_mean_ms"])):
-        policy = r["policy"] + (" (repeat)" if r.get("live_run", "live") != "live" else "")
         lines.append(
-            f"| {r['shape']} | {r['cache_fraction']:g} | {policy} | {r['live_mean_ms']:.2f} | "
+            f"| {r['shape']} | {r['cache_fraction']:g} | {r['policy']} | {r['live_mean_ms']:.2f} | "
             f"{r['sim_mean_ms']:.2f} | {r['mean_err']:+.1%} | {r['live_p50_ms']:.2f} | "
             f"{r['sim_p50_ms']:.2f} | {r['p50_err']:+.1%} | {r['live_p99_ms']:.2f} | "
-            f"{r['sim_p99_ms']:.2f} | {r['p99_err']:+.1%} | "
+            f"{r['sim_p99_ms']:.2f} | {r['p99_err']:+.1%} | {r['live_spread']:.1%} | "
             f"{r['live_hits'] + r['live_late']}/{r['sim_hits'] + r['sim_late']} | "
             f"{r['live_misses']}/{r['sim_misses']} | {r['transfers']} | {r['bytes_moved'] / 1e9:.2f} |"
         )
@@ -467,6 +468,8 @@ def fidelity_summary(rows: list[dict[str, Any]], ranks: list[dict[str, Any]]) ->
         "max_abs_mean_err": float(mean_errs.max()) if rows else float("nan"),
         "max_abs_p99_err": float(p99_errs.max()) if rows else float("nan"),
         "median_abs_mean_err": float(np.median(mean_errs)) if rows else float("nan"),
+        "median_live_spread": float(np.median([r["live_spread"] for r in rows])) if rows else float("nan"),
+        "max_live_spread": max((r["live_spread"] for r in rows), default=float("nan")),
         "misses_identical_everywhere": all(r["misses_identical"] for r in rows),
         "rankings_identical": sum(1 for r in ranks if r["same"]),
         "ranking_groups": len(ranks),
@@ -478,7 +481,6 @@ def write_outputs(
     rows: list[dict[str, Any]],
     ranks: list[dict[str, Any]],
     findings: list[dict[str, Any]],
-    repeats: list[dict[str, Any]],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     """validation.json (everything), validation.md (the table) and validation.csv in ``out_dir``."""
@@ -490,7 +492,6 @@ def write_outputs(
         "rows": rows,
         "rankings": ranks,
         "live_findings": findings,
-        "repeatability": repeats,
     }
     write_text_atomic(out / "validation.json", json.dumps(doc, indent=1, default=_json_default) + "\n")
     write_text_atomic(out / "validation.md", markdown_table(rows))
@@ -503,6 +504,8 @@ def write_outputs(
 def _csv(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, list):
+        return ";".join(_csv(v) for v in value)
     return str(value)
 
 

@@ -1,9 +1,10 @@
 """Validation bookkeeping: grids from TOML, live/simulated rows matched by configuration, errors,
-policy rankings, repeatability and the live findings."""
+policy rankings, pooled live passes and the live findings."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -50,10 +51,11 @@ def results():
     ]
 
 
-def _scaled(result, factor: float, clock: str = "live"):
+def _scaled(result, factor: float, live_pass: int = 0):
     return dataclasses.replace(
         result,
-        clock=clock,
+        clock="live",
+        counters=result.counters | {v.PASS_COUNTER: live_pass},
         token_latency_s=result.token_latency_s * factor,
         step_latency_s=result.step_latency_s * factor,
     )
@@ -82,11 +84,21 @@ def test_a_swapped_pair_breaks_the_ranking_and_is_reported(results) -> None:
     assert all(any("resident" in s["pair"] for s in r["swapped_pairs"]) for r in ranks)
 
 
-def test_repeated_live_runs_are_kept_out_of_the_table_and_measured(results) -> None:
-    live = [_scaled(r, 1.0) for r in results] + [_scaled(results[0], 1.1, v.REPEAT_CLOCK)]
-    assert len(v.compare(live, results)) == len(results)
-    (repeat,) = v.repeatability(live)
-    assert repeat["difference"] == pytest.approx(0.1)
+def test_live_passes_are_pooled_into_one_row_with_their_spread(results) -> None:
+    live = [_scaled(r, 1.0) for r in results] + [_scaled(r, 1.2, live_pass=1) for r in results]
+    rows = v.compare(live, results)
+    assert len(rows) == len(results)
+    for row in rows:
+        assert row["live_passes"] == 2 and row["live_spread"] == pytest.approx(0.2 / 1.1)
+        assert row["live_mean_ms"] == pytest.approx(np.mean(row["live_pass_means_ms"]))
+        assert row["mean_err"] == pytest.approx(1 / 1.1 - 1) and row["misses_identical"]
+
+
+def test_a_pass_that_decided_differently_breaks_the_identity_check(results) -> None:
+    other = _scaled(results[0], 1.0, live_pass=1)
+    other = dataclasses.replace(other, misses=other.misses + 1)
+    rows = v.compare([_scaled(results[0], 1.0), other], results)
+    assert len(rows) == 1 and not rows[0]["misses_identical"]
 
 
 def test_live_findings_are_ratios_of_live_means(results) -> None:
@@ -129,10 +141,60 @@ def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
     assert np.all(trace.experts < shape.num_experts)
 
 
-def test_prefer_repeat_compares_the_second_run_and_keeps_the_first(results) -> None:
-    live = [_scaled(r, 2.0) for r in results] + [_scaled(results[0], 1.0, v.REPEAT_CLOCK)]
-    rows = v.compare(live, results, prefer_repeat=True)
-    repeated = [r for r in rows if r["live_run"] == v.REPEAT_CLOCK]
-    assert len(repeated) == 1 and repeated[0]["mean_err"] == 0
-    assert repeated[0]["first_run_mean_ms"] == pytest.approx(2 * repeated[0]["live_mean_ms"])
-    assert "(repeat)" in v.markdown_table(rows)
+def test_a_grid_needs_at_least_one_pass(tmp_path) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        '[validate]\nhardware = "h200"\npasses = 0\n'
+        'shapes = [{shape = "x", trace = "synthetic", tokens = 4}]\n'
+    )
+    with pytest.raises(InputError, match=r"grid\.toml: passes must be >= 1"):
+        v.load_grid(path)
+
+
+def test_pass_lists_are_one_csv_field(results, tmp_path) -> None:
+    live = [_scaled(r, 1.0) for r in results] + [_scaled(r, 1.1, live_pass=1) for r in results]
+    rows = v.compare(live, results)
+    v.write_outputs(tmp_path, rows, v.rankings(rows), v.live_findings(rows), {})
+    header, *lines = (tmp_path / "validation.csv").read_text().splitlines()
+    assert all(len(line.split(",")) == len(header.split(",")) for line in lines)
+
+
+def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_path) -> None:
+    config = {
+        "_name_or_path": "tiny-qwen3-moe",
+        "model_type": "qwen3_moe",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "moe_intermediate_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "torch_dtype": "float32",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    grid = v.Grid(
+        hardware="h200",
+        shapes=(v.ShapeRun(str(tmp_path / "config.json"), v.SYNTHETIC, 8),),
+        policies=("on-demand", "pre-attention", "resident"),
+        cache_fractions=(0.25,),
+        warmup_steps=1,
+        passes=2,
+    )
+    from sim.live import LiveOptions
+
+    hardware = load_profile("h200")
+    live = v.run_live_grid(grid, hardware, LiveOptions(device="cpu", warmup_steps=1))
+    order = [(r.counters[v.PASS_COUNTER], r.config.policy.name) for r in live]
+    assert order == [
+        (0, "on-demand"),
+        (0, "pre-attention"),
+        (0, "resident"),
+        (1, "resident"),
+        (1, "pre-attention"),
+        (1, "on-demand"),
+    ]
+    rows = v.compare(live, v.simulate_grid(grid, hardware))
+    assert len(rows) == 3 and all(r["misses_identical"] and r["live_passes"] == 2 for r in rows)

@@ -39,12 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument(
         "--resimulate", action="store_true", help="re-simulate DIR/live.parquet instead of running live"
     )
-    parser.add_argument(
-        "--prefer-repeat",
-        action="store_true",
-        help="compare a configuration that was run twice through its second run (the first run per shape "
-        "also paid one-time per-context-length set-up on the H200; both means are kept)",
-    )
     parser.add_argument("--device", default="auto", help="live device: auto, cuda, cuda:N or cpu")
     parser.add_argument(
         "--host-budget-gib",
@@ -85,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
     sim = v.simulate_grid(grid, hardware, progress=say)
     write_results(sim, out / "sim.parquet")
-    rows = v.expand_resident(v.compare(live, sim, args.prefer_repeat), grid.cache_fractions)
+    rows = v.expand_resident(v.compare(live, sim), grid.cache_fractions)
     if not rows:
         raise InputError(live_path, "no live result matches a grid configuration")
     ranks = v.rankings(rows)
@@ -94,23 +88,16 @@ def _run(args: argparse.Namespace) -> int:
         "grid": str(args.grid),
         "hardware": hardware.meta.__dict__,
         "traces": {run.shape: run.trace for run in grid.shapes},
-        "prefer_repeat": args.prefer_repeat,
         **live_meta,
     }
-    repeats = v.repeatability(live)
-    summary = v.write_outputs(out, rows, ranks, v.live_findings(rows), repeats, meta)
-    for r in repeats:
-        print(
-            f"repeatability: {r['shape']} {r['policy']} at {r['cache_fraction']:g}: "
-            f"{r['first_mean_ms']:.2f} ms, again {r['repeat_mean_ms']:.2f} ms ({r['difference']:+.1%})"
-        )
+    summary = v.write_outputs(out, rows, ranks, v.live_findings(rows), meta)
     print(v.markdown_table(rows))
     print(
         f"{summary['mean_within_5pct']}/{summary['configurations']} configurations with mean within 5%, "
         f"{summary['p99_within_10pct']} with p99 within 10% (worst mean {summary['max_abs_mean_err']:.1%}, "
         f"worst p99 {summary['max_abs_p99_err']:.1%}); misses identical: "
         f"{summary['misses_identical_everywhere']}; rankings identical in {summary['rankings_identical']}/"
-        f"{summary['ranking_groups']}"
+        f"{summary['ranking_groups']}; live passes spread by {summary['median_live_spread']:.1%} (median)"
     )
     return 0
 
