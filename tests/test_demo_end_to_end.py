@@ -104,9 +104,13 @@ def _validation_runs(folder):
 
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
-def test_demo_refuses_fewer_than_one_worker_in_one_line(tmp_path, capsys, workers) -> None:
+def test_demo_refuses_fewer_than_one_worker_as_a_usage_error(tmp_path, capsys, workers) -> None:
     out = tmp_path / "demo.html"
-    assert main(["demo", "--fast", "--quiet", "--workers", workers, "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--fast", "--quiet", "--workers", workers, "--out", str(out)])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["moe-prefetch demo: error: --workers must be >= 1"]
+    assert (
+        err[-1] == f"moe-prefetch demo: error: argument --workers: must be an integer >= 1, got '{workers}'"
+    )
     assert not out.parent.joinpath("demo_sweep.parquet").exists()

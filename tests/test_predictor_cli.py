@@ -132,25 +132,8 @@ def test_missing_activation_store_is_a_one_line_error(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"),
-    [("--hidden", "0"), ("--epochs", "0"), ("--batch-size", "0"), ("--patience", "0")],
-)
-def test_train_refuses_a_non_positive_size_in_one_line_and_writes_nothing(
-    workdir, tmp_path, capsys, flag, value
-) -> None:
-    root, _ = workdir
-    code = main(["predictor", "train", "--activations", str(root / "acts"), "--out", str(tmp_path / "p"),
-                 *FAST, flag, value])  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"{flag} must be a positive integer" in err
-    assert not (tmp_path / "p").exists()
-
-
-@pytest.mark.parametrize(
     ("extra", "problem"),
     [
-        (["--frequency-window", "0"], "--frequency-window must be a positive integer"),
         (["--trace-predictors", "oracle,nope"], "--trace-predictors: no predictor named ['nope']"),
         (["--trace-scores", "nope"], "--trace-scores: no predictor named ['nope']"),
     ],

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moe_prefetch.argtypes import int_in_range, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -38,10 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="trace file to write (.parquet)")
     parser.add_argument("--activations", type=Path, metavar="DIR", help="also write an activation store here")
     parser.add_argument("--logits", action="store_true", help="keep all router logits (trace and store)")
-    parser.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: whole split)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default: 512)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: 16)")
-    parser.add_argument("--shard-tokens", type=int, default=16384, help="rows per activation shard")
+    parser.add_argument(
+        "--max-tokens", type=positive_int, help="stop after this many tokens (default: whole split)"
+    )
+    parser.add_argument(
+        "--seq-len", type=int_in_range(2), default=512, help="tokens per sequence (default: 512)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, help="sequences per forward pass (default: 16)"
+    )
+    parser.add_argument("--shard-tokens", type=positive_int, default=16384, help="rows per activation shard")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.set_defaults(handler=_run)
 
@@ -54,10 +62,6 @@ def _run(args: argparse.Namespace) -> int:
     from traces.fileio import InputError
     from traces.trace import write_trace
 
-    if args.seq_len < 2 or args.batch_size < 1:
-        raise InputError(args.out, "--seq-len must be at least 2 and --batch-size at least 1")
-    if (args.max_tokens is not None and args.max_tokens < 1) or args.shard_tokens < 1:
-        raise InputError(args.out, "--max-tokens and --shard-tokens must be at least 1")
     device = resolve_device(args.device)
     bundle = CorpusBundle(args.corpus)
     loaded = load_model(args.model, device)

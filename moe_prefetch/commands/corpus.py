@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from moe_prefetch.argtypes import fraction, int_in_range, non_negative_int
 from traces.corpus import DEFAULT_SOURCES, NAMED_SOURCES
 
 
@@ -33,10 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(default: {' '.join(DEFAULT_SOURCES)})",
     )
     build.add_argument("--out", required=True, type=Path, help="bundle to write (.tar.xz)")
-    build.add_argument("--vocab-size", type=int, default=16384, help="BPE vocabulary (default: 16384)")
-    build.add_argument("--validation-fraction", type=float, default=0.05, help="default: 0.05")
-    build.add_argument("--test-fraction", type=float, default=0.05, help="default: 0.05")
-    build.add_argument("--min-chars", type=int, default=200, help="skip shorter documents (default: 200)")
+    build.add_argument(
+        "--vocab-size", type=int_in_range(257, 65535), default=16384, help="BPE vocabulary (default: 16384)"
+    )
+    build.add_argument("--validation-fraction", type=fraction, default=0.05, help="default: 0.05")
+    build.add_argument("--test-fraction", type=fraction, default=0.05, help="default: 0.05")
+    build.add_argument(
+        "--min-chars", type=non_negative_int, default=200, help="skip shorter documents (default: 200)"
+    )
     build.set_defaults(handler=_build)
     info = actions.add_parser(
         "info", help="print a bundle's manifest", description="Print a bundle's manifest."
@@ -49,14 +54,8 @@ def _build(args: argparse.Namespace) -> int:
     from traces.corpus import build_bundle
     from traces.fileio import InputError
 
-    if not (
-        args.validation_fraction > 0
-        and args.test_fraction > 0
-        and args.validation_fraction + args.test_fraction < 1
-    ):
-        raise InputError(args.out, "--validation-fraction and --test-fraction must be positive, sum below 1")
-    if not 256 < args.vocab_size <= 65535:
-        raise InputError(args.out, "--vocab-size must be in (256, 65535]")
+    if args.validation_fraction + args.test_fraction >= 1:
+        raise InputError(args.out, "--validation-fraction and --test-fraction must sum below 1")
     manifest = build_bundle(
         args.source or DEFAULT_SOURCES,
         args.out,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moe_prefetch.argtypes import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -26,23 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fast", action="store_true", help="tiny sizes (a few seconds; for tests and a first look)"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="processes (default: one per core)"
+        "--workers", type=positive_int, default=None, metavar="N", help="processes (default: one per core)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
     import time
 
-    from moe_prefetch.cli import EXIT_BAD_INPUT
     from reports.build import prepare_output
     from reports.demo import DemoSettings, format_summary, run_demo
 
-    if args.workers is not None and args.workers < 1:  # as `moe-prefetch sweep` refuses it
-        print("moe-prefetch demo: error: --workers must be >= 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
     prepare_output(args.out)
     started = time.perf_counter()
     settings = DemoSettings.fast(args.workers) if args.fast else DemoSettings(workers=args.workers)

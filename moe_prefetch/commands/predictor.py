@@ -15,6 +15,7 @@ import platform
 import time
 from pathlib import Path
 
+from moe_prefetch.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from predictor.splits import SPLITS, SplitFractions
 from traces.fileio import InputError
 
@@ -59,15 +60,19 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
         help="1: Linear-BatchNorm-GELU-Dropout-Linear (the paper's headline); 2: Linear-SiLU-Linear; "
         "linear: one Linear layer (ablation); all: the three (default: 1)",
     )
-    p.add_argument("--hidden", type=int, default=2048, help="hidden width of archs 1 and 2 (default: 2048)")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
-    p.add_argument("--batch-size", type=int, default=1024, help="tokens per step (default: 1024)")
     p.add_argument(
-        "--lr", type=float, default=1e-3, help="AdamW learning rate, cosine-decayed (default: 1e-3)"
+        "--hidden", type=positive_int, default=2048, help="hidden width of archs 1 and 2 (default: 2048)"
     )
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="maximum epochs (default: 30)")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="tokens per step (default: 1024)")
     p.add_argument(
-        "--patience", type=int, default=5, help="epochs without validation gain before a layer stops"
+        "--lr", type=positive_float, default=1e-3, help="AdamW learning rate, cosine-decayed (default: 1e-3)"
+    )
+    p.add_argument(
+        "--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (default: 0.01)"
+    )
+    p.add_argument(
+        "--patience", type=positive_int, default=5, help="epochs without validation gain before a layer stops"
     )
     p.add_argument(
         "--loss-tiers",
@@ -109,13 +114,17 @@ def _register_evaluate(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
     p.add_argument(
         "--m",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="width of the ranked lists written into the trace; 0 = the paper's over-provisioning k' "
         "for the model's top-k (3 of 2, 10 of 6, 12 of 8, else ceil(1.5 k))",
     )
     p.add_argument(
-        "--k-prime", type=int, action="append", default=[], help="extra over-provisioning width to report"
+        "--k-prime",
+        type=positive_int,
+        action="append",
+        default=[],
+        help="extra over-provisioning width to report",
     )
     p.add_argument(
         "--trace-predictors",
@@ -128,10 +137,16 @@ def _register_evaluate(actions: argparse._SubParsersAction) -> None:
         help=f"predictors whose scores also go in as conf.<name> (default: {SCORED_PREDICTORS_DEFAULT})",
     )
     p.add_argument(
-        "--frequency-window", type=int, default=32, help="tokens in the frequency window (default: 32)"
+        "--frequency-window",
+        type=positive_int,
+        default=32,
+        help="tokens in the frequency window (default: 32)",
     )
     p.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples of sequences (default: 1000)"
+        "--bootstrap",
+        type=non_negative_int,
+        default=1000,
+        help="bootstrap resamples of sequences (default: 1000)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the random predictor and the bootstrap")
@@ -152,7 +167,6 @@ def _train(args: argparse.Namespace) -> int:
     from predictor.train import TrainConfig, prepare_data, resolve_device
     from traces.activations import ActivationStore, layer_name
 
-    _require_positive(args, "hidden", "epochs", "batch_size", "patience")
     store = ActivationStore(args.activations)
     model = store.model
     fractions: SplitFractions = args.split_fractions
@@ -254,7 +268,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if (args.trace is None) != (args.out is None):
         raise InputError(args.trace or args.out, "--trace and --out go together")
-    _require_positive(args, "frequency_window")
     store = ActivationStore(args.activations)
     model = store.model
     learned, manifest = load_predictors(args.predictors, model, args.device)
@@ -345,14 +358,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _names(text: str) -> list[str]:
     """The names of a comma-separated list option, blanks dropped."""
     return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def _require_positive(args: argparse.Namespace, *names: str) -> None:
-    """InputError naming the first of the integer options ``names`` that is below 1."""
-    for name in names:
-        value = getattr(args, name)
-        if value < 1:
-            raise InputError(value, f"--{name.replace('_', '-')} must be a positive integer")
 
 
 def _fmt(value: float | None) -> str:

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from moe_prefetch.argtypes import fraction_or_zero, non_negative_int, positive_int
 from traces.fileio import InputError
 
 if TYPE_CHECKING:
@@ -66,10 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "resident)",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--cache-slots", type=int, metavar="N", help="GPU expert slots (0: no cache)")
+    size.add_argument(
+        "--cache-slots", type=non_negative_int, metavar="N", help="GPU expert slots (0: no cache)"
+    )
     size.add_argument(
         "--cache-fraction",
-        type=float,
+        type=fraction_or_zero,
         metavar="F",
         help="GPU slots as a fraction of all experts (default 0.25)",
     )
@@ -78,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--eviction", default="lru", choices=EVICTION_RULES, help="eviction rule (default lru)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=1, metavar="B", help="sequences decoded side by side"
+        "--batch-size", type=positive_int, default=1, metavar="B", help="sequences decoded side by side"
     )
     parser.add_argument(
         "--host-memory",
@@ -91,14 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--warmup-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="leave the first N steps out of the latency summary",
     )
     parser.add_argument(
         "--timeline",
-        type=int,
+        type=non_negative_int,
         nargs="?",
         const=8,
         default=0,
@@ -106,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="record compute and copy intervals of the first STEPS steps (default 8 when given)",
     )
     parser.add_argument(
-        "--max-tokens", type=int, metavar="N", help="simulate only the first N tokens of the trace"
+        "--max-tokens", type=positive_int, metavar="N", help="simulate only the first N tokens of the trace"
     )
     parser.add_argument("--out", metavar="FILE", help="write the results (.parquet, or .json for one policy)")
     parser.set_defaults(handler=_run)
@@ -125,8 +128,6 @@ def _run(args: argparse.Namespace) -> int:
 
     trace = read_trace(args.trace)
     if args.max_tokens is not None:
-        if args.max_tokens < 1:
-            raise InputError("--max-tokens", "must be >= 1")
         trace = trace.select_tokens(slice(0, args.max_tokens))
     hardware = load_profile(args.hardware)
     shape = trace.metadata.model

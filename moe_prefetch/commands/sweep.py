@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
+from moe_prefetch.argtypes import positive_int
 from sim.sweep_store import PARTS_SUFFIX
 
 EPILOG = """\
@@ -55,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="local processes (default: one per core)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="local processes (default: one per core)",
     )
     where.add_argument(
         "--ray",
@@ -71,9 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from sim.sweep import load_sweep, run_sweep
 
-    if args.workers is not None and args.workers < 1:
-        print("moe-prefetch sweep: error: --workers must be >= 1", file=sys.stderr)
-        return 2
     spec = load_sweep(args.sweep_file)
     command = shlex.join(["moe-prefetch", "sweep", args.sweep_file, "--out", args.out])
     command += f" --ray {shlex.quote(args.ray)}" if args.ray else ""

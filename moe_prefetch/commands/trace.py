@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from moe_prefetch.argtypes import non_negative_int, positive_int
 from traces.trace import Trace, read_trace
 
 
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("files", nargs="+", metavar="FILE", help="trace Parquet file(s)")
     info.add_argument(
         "--cache-slots",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="also print the hit rate of an optimal (Belady) cache of N experts per layer: the best any "
         "eviction policy can do without prefetching (slow on big traces: about 1 s per million routed slots)",
@@ -48,19 +49,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("--layout", choices=("auto", "flat", "typed"), default="auto", help="row layout")
     importer.add_argument(
         "--num-experts",
-        type=int,
+        type=positive_int,
         metavar="E",
         help="routed experts (default: the log's meta line, else --model, else the largest id + 1)",
     )
     importer.add_argument(
         "--top-k",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="experts per token "
         "(default: the log's meta line, else --model, else the most common list length)",
     )
     importer.add_argument(
         "--drop-warmup",
+        type=_drop_warmup,
         default="auto",
         metavar="auto|N",
         help="drop engine warm-up: 'auto' drops the leading runs of identically routed rows (each at "
@@ -94,25 +96,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from traces.fileio import InputError
     from traces.importer import ImportOptions, import_logs
     from traces.shapes import resolve_shape
     from traces.trace import write_trace
 
-    drop = args.drop_warmup
-    if drop != "auto":
-        if not drop.isdigit():
-            raise InputError(drop, "--drop-warmup must be 'auto' or a non-negative row count")
-        drop = int(drop)
-    for name in ("num_experts", "top_k"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(value, f"--{name.replace('_', '-')} must be a positive integer")
     options = ImportOptions(
         layout=args.layout,
         num_experts=args.num_experts,
         top_k=args.top_k,
-        drop_warmup=drop,
+        drop_warmup=args.drop_warmup,
         model=resolve_shape(args.model) if args.model else None,
         model_name=args.model_name,
         command=_import_command(args),
@@ -127,6 +119,16 @@ def _import(args: argparse.Namespace) -> int:
         f"E={trace.num_experts}, k={trace.top_k}"
     )
     return 0
+
+
+def _drop_warmup(text: str) -> str | int:
+    """``--drop-warmup``: 'auto' or a row count >= 0."""
+    if text == "auto":
+        return text
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 0, got {text!r}") from None
 
 
 def _import_command(args: argparse.Namespace) -> str:

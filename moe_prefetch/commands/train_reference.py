@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from moe_prefetch.argtypes import positive_float, positive_int
 from traces.refmodels import RECIPES
 
 
@@ -32,9 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, metavar="DIR", help="checkpoint directory to write"
     )
-    parser.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget (default: 4)")
-    parser.add_argument("--max-steps", type=int, help="fixed number of steps instead of the time budget")
-    parser.add_argument("--eval-tokens", type=int, default=131072, help="validation tokens (default: 131072)")
+    parser.add_argument(
+        "--minutes", type=positive_float, default=4.0, help="training wall-clock budget (default: 4)"
+    )
+    parser.add_argument(
+        "--max-steps", type=positive_int, help="fixed number of steps instead of the time budget"
+    )
+    parser.add_argument(
+        "--eval-tokens", type=positive_int, default=131072, help="validation tokens (default: 131072)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--smoke", action="store_true", help="tiny widths for a CPU check of the pipeline")
     parser.set_defaults(handler=_run)
