@@ -9,6 +9,7 @@ The live executor (issue 6) writes the same record with ``clock="live"``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,17 +56,23 @@ class SimResult:
 
     # -- summary
 
+    @property
+    def measured_tokens(self) -> int:
+        """Tokens the latency summary covers: decode tokens after the warm-up steps."""
+        return int(np.count_nonzero(self.decode_token))
+
     def summary(self) -> dict[str, float]:
+        """Latency quantiles over the measured tokens only (``decode_token``); throughput, hits and bytes
+        over the whole run. A run with no measured token (prompts only, or warm-up as long as the run) has
+        NaN latencies: nothing was measured, and no prefill or warm-up step stands in for it."""
         latency = self.token_latency_s[self.decode_token]
-        if latency.size == 0:
-            latency = self.token_latency_s
         tokens = int(self.token_latency_s.size)
         hits, late, misses = int(self.hits.sum()), int(self.late.sum()), int(self.misses.sum())
         needed = max(hits + late + misses, 1)
         return {
-            "mean_latency_s": float(latency.mean()) if latency.size else 0.0,
-            "p50_latency_s": float(np.percentile(latency, 50)) if latency.size else 0.0,
-            "p99_latency_s": float(np.percentile(latency, 99)) if latency.size else 0.0,
+            "mean_latency_s": float(latency.mean()) if latency.size else math.nan,
+            "p50_latency_s": float(np.percentile(latency, 50)) if latency.size else math.nan,
+            "p99_latency_s": float(np.percentile(latency, 99)) if latency.size else math.nan,
             "tokens": tokens,
             "steps": int(self.step_latency_s.size),
             "total_s": self.total_s,

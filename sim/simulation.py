@@ -82,7 +82,7 @@ def simulate(
     step_of_token = workload.step_of_token
     decode = workload.decode_token_mask() & (step_of_token >= options.warmup_steps)
     if options.warmup_steps and not decode.any() and workload.decode_token_mask().any():
-        # the summary would otherwise fall back to every token, warm-up included, and say nothing
+        # the summary would have no latency to report (NaN): say why up front instead
         raise ValueError(
             f"warmup_steps {options.warmup_steps} leaves no decode step to measure "
             f"(the run has {workload.num_steps} steps)"

@@ -94,3 +94,12 @@ def test_importing_sim_loads_neither_torch_nor_simpy() -> None:
     code = "import sys, sim; sim.PolicySpec; print('torch' in sys.modules, 'simpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_table_shows_an_unmeasured_latency_as_n_a() -> None:
+    from moe_prefetch.commands.simulate import COLUMNS, format_table
+
+    row = {key: 0.0 for _, _, key in COLUMNS} | {"policy": "on-demand", "hits": 1, "late": 0, "misses": 0}
+    row |= {"wasted": 0, "bytes_moved": 0.0, "mean_latency_s": float("nan"), "p99_latency_s": 0.002}
+    cells = format_table([row]).splitlines()[2].split()
+    assert cells[:4] == ["on-demand", "n/a", "0.000", "2.000"]

@@ -101,3 +101,28 @@ def test_trace_fingerprint_sees_routing_and_predictions() -> None:
     changed = dataclasses.replace(trace, experts=trace.experts[::-1].copy())
     assert trace_fingerprint(trace) == trace_fingerprint(tiny_trace(tiny_shape()))
     assert trace_fingerprint(trace) != trace_fingerprint(changed)
+
+
+def test_a_run_with_no_measured_token_reports_no_latency_rather_than_its_warm_up(
+    results: list[SimResult],
+) -> None:
+    warm_up_only = dataclasses.replace(results[0], decode_token=np.zeros_like(results[0].decode_token))
+    summary = warm_up_only.summary()
+    assert warm_up_only.measured_tokens == 0
+    for name in ("mean_latency_s", "p50_latency_s", "p99_latency_s"):
+        assert np.isnan(summary[name]), name  # not the mean over the warm-up steps
+    assert summary["tokens"] == results[0].summary()["tokens"] and summary["tokens_per_s"] > 0
+
+
+def test_a_run_of_prompts_only_has_nan_latency_and_survives_its_files(tmp_path: Path) -> None:
+    shape = tiny_shape()
+    trace = tiny_trace(shape, tokens_per_sequence=8)
+    options = SimOptions(prompt_tokens=8)  # every token is prefill: no decode token to measure
+    result = simulate(
+        trace, shape, tiny_hardware(), CacheConfig(fraction=0.5), PolicySpec("on-demand"), options
+    )
+    assert result.measured_tokens == 0 and np.isnan(result.summary()["mean_latency_s"])
+    write_results([result], tmp_path / "r.parquet")
+    result.to_json(tmp_path / "r.json")
+    for back in (read_results(tmp_path / "r.parquet")[0], SimResult.read_json(tmp_path / "r.json")):
+        assert back.measured_tokens == 0 and np.isnan(back.summary()["p99_latency_s"])

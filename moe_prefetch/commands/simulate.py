@@ -10,6 +10,7 @@ colon, e.g. ``pre-attention:m=12`` (over-provisioning), ``cross-layer:source=fat
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -228,7 +229,8 @@ def _header(
 
 
 def format_table(rows: list[dict]) -> str:
-    """One line per run with the columns of COLUMNS (times in ms, rates in %)."""
+    """One line per run with the columns of COLUMNS (times in ms, rates in %; n/a: not measured, e.g. the
+    latency of a run with no decode token after its warm-up)."""
     cells = [[title for title, _, _ in COLUMNS]]
     for row in rows:
         needed = max(row["hits"] + row["late"] + row["misses"], 1)
@@ -238,6 +240,9 @@ def format_table(rows: list[dict]) -> str:
         line = []
         for _, fmt, key in COLUMNS:
             value = values[key]
+            if isinstance(value, float) and math.isnan(value):
+                line.append("n/a")
+                continue
             if key.endswith("_latency_s"):
                 value *= 1e3
             elif key in ("hit_rate", "late_rate", "miss_rate", "link_utilisation"):
