@@ -262,7 +262,7 @@ def _compare_policies(trace_paths: Sequence[Path], tokens: int, settings: DemoSe
             points.append(point)
     results: list[SimResult] = []
     execute_local(points, simulate_point, settings.workers or _cores(), results.append)
-    order = {p.key: i for i, p in enumerate(points)}
+    order = {p.config.key(): i for i, p in enumerate(points)}
     return sorted(results, key=lambda r: order[r.config.key()])
 
 

@@ -21,6 +21,13 @@ from sim.workload import BatchingOptions
 from traces.schema import ModelShape
 from traces.trace import Trace
 
+#: Version of the simulator's model of decode (engine, link, cache, controller, cost model). BUMP IT in the
+#: commit that changes simulated numbers for an unchanged configuration (e.g. when
+#: tests/data/sim_regression.json has to be regenerated): sweep run keys include it (``sim.sweep.run_key``),
+#: so a resumed sweep re-runs every point instead of mixing rows of the old and the new model in one
+#: table. Not the git hash: clones differ, and most commits leave the numbers alone.
+SIM_MODEL_VERSION = 1
+
 HOST_MEMORY = ("pinned", "pageable")
 PREDICTOR_DEVICES = ("gpu", "cpu")
 

@@ -3,9 +3,10 @@
 A sweep file names traces, policies, cache sizes, hardware (presets and what-if overrides of PCIe
 bandwidth and latency, pinned or pageable memory, copy engines, compute speed, predictor cost) and batch
 sizes; the grid is their product (``expand``). Every run is a pure function of its ``RunConfig`` (the
-trace enters by a fingerprint of its contents), so a run is named by ``RunConfig.key()``: its
-``run_key`` in the results table (``sim.sweep_store``). Re-running a sweep skips every run the table
-(or its part files) already holds; an interrupted sweep loses nothing that finished.
+trace enters by a fingerprint of its contents) and of the simulator's model (``SIM_MODEL_VERSION``), so a
+run is named by ``run_key``, a hash of both: its ``run_key`` in the results table (``sim.sweep_store``).
+Re-running a sweep skips every run the table (or its part files) already holds; an interrupted sweep
+loses nothing that finished; after a change of the simulator's numbers every run is done again.
 
 Runs execute on a local process pool (one run per core) or as Ray tasks (``sim.sweep_exec``); both call
 the very same ``run_point``, so both produce identical tables.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import itertools
 import math
 import os
@@ -44,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from sim.cache import CacheConfig
-from sim.config import HOST_MEMORY, RunConfig, SimOptions, trace_fingerprint
+from sim.config import HOST_MEMORY, SIM_MODEL_VERSION, RunConfig, SimOptions, trace_fingerprint
 from sim.eviction import EVICTION_RULES
 from sim.hardware import HardwareProfile, load_profile, preset_names
 from sim.policies import ConfidencePrefetch, PolicySpec, make_policy
@@ -285,7 +287,14 @@ class RunPoint:
 
     @property
     def key(self) -> str:
-        return self.config.key()
+        return run_key(self.config)
+
+
+def run_key(config: RunConfig, model_version: int | None = None) -> str:
+    """A sweep run's key: 16 hex digits of a hash of the configuration and of the simulator model's version
+    (``SIM_MODEL_VERSION`` unless given), so results of another model version never count as done."""
+    version = SIM_MODEL_VERSION if model_version is None else model_version
+    return hashlib.sha256(f"{version}:{config.to_json()}".encode()).hexdigest()[:16]
 
 
 def load_sweep_trace(path: str | os.PathLike[str], max_tokens: int | None) -> Trace:
@@ -424,7 +433,7 @@ def simulate_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = No
         result = simulate(trace, config.shape, config.hardware, config.cache, config.policy, config.options)
     except ValueError as exc:  # a configuration the simulator refuses, e.g. a cache too small for a layer
         raise RunRefused(f"run {describe(point)}: {exc}") from None
-    if result.config.key() != point.key:
+    if result.config.key() != config.key():
         raise RuntimeError(f"{point.trace_path}: the trace changed while the sweep was running")
     return result
 
@@ -443,7 +452,7 @@ def describe(point: RunPoint) -> str:
 def run_point(point: RunPoint, shared: tuple[Mapping[str, Any]] | None = None) -> Row:
     """Simulate one point of a sweep and return its table row (the same on any machine, any executor)."""
     result = simulate_point(point, shared)
-    row = {KEY_COLUMN: point.key, **point.labels}
+    row = {KEY_COLUMN: point.key, **point.labels, "sim_model_version": SIM_MODEL_VERSION}
     for name, value in result.summary_row().items():
         if name == "key":
             continue

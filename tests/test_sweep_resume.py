@@ -120,3 +120,30 @@ def test_ray_tasks_give_the_same_table_as_the_local_pool(tmp_path) -> None:
     )
     assert local.table.num_rows == spec.num_runs == 6
     assert _rows(tmp_path / "ray.parquet") == local.table.to_pylist()
+
+
+def test_run_key_names_the_simulator_model_version(tmp_path) -> None:
+    from sim.config import SIM_MODEL_VERSION
+    from sim.sweep import expand, run_key
+
+    config = expand(load_sweep(_write_sweep(tmp_path, 8, ["on-demand"], [16.0])))[0].config
+    assert run_key(config) == run_key(config, SIM_MODEL_VERSION)  # stable: no clock, no git hash
+    assert run_key(config, SIM_MODEL_VERSION + 1) != run_key(config)
+
+
+def test_a_resumed_sweep_after_a_model_change_reruns_every_point(tmp_path, monkeypatch) -> None:
+    import sim.sweep
+
+    sweep = _write_sweep(tmp_path, 8, ["on-demand"], [16.0])
+    out = tmp_path / "r.parquet"
+    first = run_sweep(load_sweep(sweep), out, workers=1, progress=False)
+    assert first.ran == 2 and run_sweep(load_sweep(sweep), out, workers=1, progress=False).ran == 0
+    monkeypatch.setattr(sim.sweep, "SIM_MODEL_VERSION", sim.sweep.SIM_MODEL_VERSION + 1)
+    again = run_sweep(load_sweep(sweep), out, workers=1, progress=False)
+    assert again.ran == 2 and again.skipped == 0  # old rows are not taken for results of the new model
+    versions = [r["sim_model_version"] for r in _rows(out)]
+    assert (
+        sorted(versions)
+        == [first.table.column("sim_model_version")[0].as_py()] * 2 + [sim.sweep.SIM_MODEL_VERSION] * 2
+    )
+    assert {r["sim_model_version"] for r in again.grid_table().to_pylist()} == {sim.sweep.SIM_MODEL_VERSION}
