@@ -146,6 +146,7 @@ def run_demo(
     for item in public:
         say(f"  replayed on a public model's shape: {item.name} ({item.trace.metadata.model.name})")
     replays = public + shipped.traces  # the public shapes first: they are what people run
+    shipped.replayed_traces += public
 
     tokens = _tokens_per_trace(replays, settings.compare_token_layers, len(POLICIES), settings)
     say(

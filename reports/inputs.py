@@ -26,6 +26,9 @@ from traces.fileio import InputError
 from traces.schema import METADATA_KEY as TRACE_METADATA_KEY
 from traces.trace import Trace, read_trace
 
+#: the folder holding the ``reports`` package: paths under it are shown relative to it
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 @dataclass(frozen=True)
 class TraceInput:
@@ -118,9 +121,14 @@ def run_inputs(
 
 @dataclass
 class ReportInputs:
-    """Everything one report shows; each list may be empty (its sections are then omitted)."""
+    """Everything one report shows; each list may be empty (its sections are then omitted).
+
+    ``replayed_traces``: traces the runs replayed that were made from the input traces (e.g. the demo's
+    replays on public model shapes); the provenance lists them, the trace sections do not analyse them.
+    """
 
     traces: list[TraceInput] = field(default_factory=list)
+    replayed_traces: list[TraceInput] = field(default_factory=list)
     runs: list[RunInput] = field(default_factory=list)
     sweeps: list[TableInput] = field(default_factory=list)
     accuracy: list[TableInput] = field(default_factory=list)
@@ -151,6 +159,19 @@ class ReportInputs:
             }
         )
         return names
+
+
+def display_path(source: str) -> str:
+    """``source`` as a report shows it: an absolute path inside the repository (or the working directory)
+    relative to it, any other absolute path as its file name; relative paths and descriptions unchanged.
+    A report is shared: it should not show the local folders of the machine that wrote it."""
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    for root in (REPO_ROOT, Path.cwd().resolve()):
+        if path.resolve().is_relative_to(root):
+            return path.resolve().relative_to(root).as_posix()
+    return path.name
 
 
 def find_result_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -75,6 +75,9 @@ def test_demo_replays_shipped_traces_also_on_the_public_shape_they_mirror(
     assert (tmp_path / "phi-like-as-phi-3.5-moe.parquet").exists()
     html = out.read_text()
     assert "replayed on the shape of microsoft/Phi-3.5-MoE-instruct (32 MoE layers" in html
+    provenance = html.split('<section id="provenance">')[1]
+    assert "phi-like-as-phi-3.5-moe" in provenance  # every trace the report replays is listed, with its file
+    assert "phi-like-as-phi-3.5-moe.parquet" in provenance and str(tmp_path) not in provenance
     assert "Omitted: no live runs" not in html  # the committed validation runs feed their section ...
     assert "live clock" not in html.split('id="trace-overview"')[0]  # ... and stay out of "At a glance"
     sweep = pq.read_table(tmp_path / "demo_sweep.parquet")

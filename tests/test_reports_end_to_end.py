@@ -238,3 +238,49 @@ def test_provenance_lists_every_distinct_hardware_profile_even_under_one_name(re
     ]
     assert [row[0] for row in table.rows] == [hardware.meta.name, hardware.meta.name]
     assert {row[3] for row in table.rows} == {hardware.meta.date or "–", "2099-01-01"}
+
+
+def test_provenance_lists_replayed_traces_with_their_origin_and_how_they_were_made(results_dir) -> None:
+    from reports.sections import provenance
+
+    inputs = load_inputs([results_dir / "olmoe.parquet"])
+    original = inputs.traces[0]
+    replay = TraceInput(
+        "olmoe-as-other", "/elsewhere/olmoe-as-other.parquet", original.trace, "made from olmoe"
+    )
+    inputs.replayed_traces.append(replay)
+    (table,) = [b for b in provenance.build(inputs).blocks if getattr(b, "caption", "") == "Traces"]
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    assert set(rows) == {original.name, "olmoe-as-other"}
+    assert rows["olmoe-as-other"]["origin"] == rows[original.name]["origin"] == "SYNTHETIC"
+    assert rows["olmoe-as-other"]["notes"] == "made from olmoe"
+    assert rows["olmoe-as-other"]["file"] == "olmoe-as-other.parquet"  # no local folder of another machine
+
+
+def test_accuracy_caption_names_the_table_without_a_local_absolute_path(results_dir) -> None:
+    from reports.sections import accuracy
+
+    path = (results_dir / "accuracy.parquet").resolve()
+    captions = [
+        getattr(b, "caption", "") for b in accuracy.build(load_inputs([path])).blocks if hasattr(b, "caption")
+    ]
+    sourced = [c for c in captions if "source:" in c]
+    assert sourced and all(c.endswith("source: accuracy.parquet") for c in sourced)
+    assert not any(str(results_dir) in c for c in captions)
+
+
+def test_display_path_keeps_paths_inside_the_repository_relative_and_hides_other_folders(
+    tmp_path, monkeypatch
+) -> None:
+    from reports.inputs import REPO_ROOT, display_path
+
+    monkeypatch.chdir(tmp_path)
+    assert display_path(str(REPO_ROOT / "reports" / "accuracy" / "accuracy.parquet")) == (
+        "reports/accuracy/accuracy.parquet"
+    )
+    assert display_path(str(tmp_path / "runs" / "sim.parquet")) == "runs/sim.parquet"  # under the cwd
+    assert display_path("/somewhere/else/sim.parquet") == "sim.parquet"
+    assert display_path("results/sim.parquet") == "results/sim.parquet"
+    assert (
+        display_path("olmoe (prediction columns of the trace)") == "olmoe (prediction columns of the trace)"
+    )

@@ -19,7 +19,7 @@ from predictor.base import Prediction
 from predictor.evaluate import EvaluationSettings, accuracy_rows, default_k_primes
 from predictor.metrics import SequenceBootstrap
 from predictor.tables import MEAN_LAYER, PAPER_FIRST_LAYER, to_arrow
-from reports.inputs import ReportInputs, TableInput, TraceInput
+from reports.inputs import ReportInputs, TableInput, TraceInput, display_path
 from reports.page import Figure, Note, Omitted, Section, Table
 from reports.style import distinct_colours, figure, pct
 
@@ -99,7 +99,7 @@ def _model_blocks(
         Table(
             ["predictor", "exact match", f"over-provisioning hit (k'={k_prime})", "top-1", "coverage"],
             _first_layer_rows(rows, first_layer, k_prime),
-            caption=f"{model}: first MoE layer (decoder layer {first_layer}); source: {source}",
+            caption=f"{model}: first MoE layer (decoder layer {first_layer}); source: {display_path(source)}",
         ),
     ]
 

@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from reports.inputs import ReportInputs
+from reports.inputs import ReportInputs, display_path
 from reports.page import Note, Section, Table
 
 KEY = "provenance"
@@ -18,7 +18,7 @@ PACKAGES = ("moe-prefetch", "numpy", "pyarrow", "simpy", "plotly", "scipy")
 
 def build(inputs: ReportInputs) -> Section:
     blocks: list[Any] = [_environment_table(inputs)]
-    if inputs.traces:
+    if inputs.traces or inputs.replayed_traces:
         blocks.append(_trace_table(inputs))
         predictors = _predictor_rows(inputs)
         if predictors:
@@ -41,8 +41,10 @@ def _environment_table(inputs: ReportInputs) -> Table:
 
 
 def _trace_table(inputs: ReportInputs) -> Table:
+    """Every trace the report uses, the replayed ones (e.g. on a public model's shape) included, each with
+    its origin and, where it was made from another trace, how."""
     rows = []
-    for item in inputs.traces:
+    for item in [*inputs.traces, *inputs.replayed_traces]:
         meta = item.trace.metadata
         prov, model = meta.provenance, meta.model
         software = ", ".join(f"{k} {v}" for k, v in sorted(prov.software.items()))
@@ -58,10 +60,13 @@ def _trace_table(inputs: ReportInputs) -> Table:
                 prov.corpus or "–",
                 prov.command or "–",
                 prov.date or "–",
-                item.source,
+                display_path(item.source),
+                item.description or prov.notes or "–",
             ]
         )
-    columns = ["trace", "origin", "model", "tokens", "GPU", "software", "corpus", "command", "date", "file"]
+    columns = [
+        "trace", "origin", "model", "tokens", "GPU", "software", "corpus", "command", "date", "file", "notes"
+    ]  # fmt: skip
     return Table(columns, rows, caption="Traces")
 
 
@@ -88,15 +93,22 @@ def _table_rows(inputs: ReportInputs) -> list[list[str]]:
         meta = sweep.metadata
         recorded = " ".join(str(meta.get(k, "")) for k in ("command", "date")).strip() or "–"
         rows.append(
-            ["sweep", sweep.source, f"{sweep.table.num_rows} runs of '{meta.get('name', '?')}'", recorded]
+            [
+                "sweep",
+                display_path(sweep.source),
+                f"{sweep.table.num_rows} runs of '{meta.get('name', '?')}'",
+                recorded,
+            ]
         )
     for table in inputs.accuracy:
         models = sorted(set(table.table.column("model").to_pylist()))
-        rows.append(["accuracy", table.source, f"predictor accuracy of {', '.join(models)}", "–"])
+        rows.append(
+            ["accuracy", display_path(table.source), f"predictor accuracy of {', '.join(models)}", "–"]
+        )
     for source in dict.fromkeys(r.source for r in inputs.runs):
         runs = [r for r in inputs.runs if r.source == source]
         clocks = ", ".join(sorted({r.result.clock for r in runs}))
-        rows.append(["runs", source, f"{len(runs)} runs ({clocks} clock)", "–"])
+        rows.append(["runs", display_path(source), f"{len(runs)} runs ({clocks} clock)", "–"])
     return rows
 
 
