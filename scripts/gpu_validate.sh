@@ -9,6 +9,9 @@
 # HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
+# The live executor is host-bound at batch 1, so it runs at the speed of the CPU it is on; the H200 VM's
+# vCPUs differed by 40% and an unpinned process wandered between them. Calibration and validation are
+# therefore pinned to the same fastest pair of CPUs (CPUS overrides: a taskset list, or "none").
 # Leaves 4 files in $OUT: h200.toml, calibration.json, log.txt and validation/live.parquet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,16 +27,20 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+CPUS=${CPUS:-$(python3 benchmarks/bench_host_stability.py --fastest 2)}
+PIN=()
+[ "$CPUS" = none ] || PIN=(taskset -c "$CPUS")
 {
+    echo "pinned to CPUs: $CPUS"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
     SECONDS=0
     shape_args=()
     for s in $SHAPES; do shape_args+=(--model-shape "$s"); done
-    python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
+    "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
         --out "$OUT/h200.toml" --raw "$OUT/calibration.json"
     echo "calibration took ${SECONDS}s"
     SECONDS=0
-    python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
+    "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
         --host-budget-gib "$HOST_BUDGET_GIB" --live-only
     echo "validation took ${SECONDS}s"
 } 2>&1 | tee "$OUT/log.txt"

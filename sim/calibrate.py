@@ -144,7 +144,7 @@ class Calibration:
     concurrency: list[ConcurrencyPoint]
     shapes: dict[str, ShapeTimings]
     notes: str = ""
-    #: host time to issue one copy through the live executor (dispatch + the decision per transfer)
+    #: host time per copy of the live executor, fitted end to end (see fit_issue_s)
     issue_s: float = 0.0
     #: per shape: host time per MoE layer of the live decode loop beyond its ops (see measure_host_layer)
     host_layer_s: dict[str, float] = field(default_factory=dict)
@@ -500,54 +500,63 @@ def truncated_shape(shape: ModelShape, moe_layers: int = HOST_LAYERS) -> ModelSh
     )
 
 
-def measure_dispatch_s(device: Any, engines: int, reps: int) -> float:
-    """Median host time of handing one copy to the live executor's copy queue (submit and dispatch onto
-    a free copy stream), with small copies so the hardware queue never backs up."""
-    import torch
+#: cache share and policy of the calibration run that fits the host time per copy: oracle prefetches at
+#: the layer start, so copies overlap attention and their host cost shows in the step time
+ISSUE_FIT_CACHE_FRACTION = 0.25
+ISSUE_FIT_POLICY = "oracle"
+#: bounds of the fitted host time per copy (seconds) and the bisection's steps
+ISSUE_FIT_MAX_S = 1e-3
+ISSUE_FIT_STEPS = 30
 
+
+def fit_scalar(predict: Callable[[float], float], target: float, lo: float, hi: float, steps: int) -> float:
+    """The ``x`` in ``[lo, hi]`` where the non-decreasing ``predict(x)`` meets ``target`` (bisection);
+    the nearer bound when ``target`` lies outside ``[predict(lo), predict(hi)]``."""
+    if predict(lo) >= target:
+        return lo
+    if predict(hi) <= target:
+        return hi
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if predict(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def fit_issue_s(
+    shape: ModelShape, profile: HardwareProfile, device: Any, engines: int, progress: Callable[[str], None]
+) -> float:
+    """Host time per copy of the live executor, fitted end to end: decode a synthetic trace on a
+    truncated copy of ``shape`` with oracle prefetching into a quarter-size cache, then find the
+    ``copy.issue_s`` at which the simulator (``profile``: ops and host time per layer just measured)
+    gives the same mean step time. It holds everything a copy costs the host thread (dispatch, the
+    decisions, polling, event bookkeeping), which adding up its parts had underestimated about
+    fivefold on the H200."""
     from sim import live
-    from sim.controller import FetchRequest
-
-    dev = live._Device(device, engines)
-    n = 4 * engines
-    slots = [torch.empty(32768, dtype=torch.bfloat16, device=device) for _ in range(n)]
-    host = [torch.empty(32768, dtype=torch.bfloat16, pin_memory=dev.cuda) for _ in range(n)]
-    queue = live._CopyQueue(dev, slots, host, lambda _r: None, live._LiveTimeline(dev, 0, 0))
-    gate = live._Gate(dev.marker())
-    samples = []
-    for seq in range(reps):
-        queue.drain()
-        request = FetchRequest(seq, seq, 0, seq, seq % n, 1, False, 0)
-        t0 = time.perf_counter()
-        queue.submit([request], gate)
-        samples.append(time.perf_counter() - t0)
-    queue.drain()
-    return median(samples)
-
-
-def measure_decision_per_transfer_s(shape: ModelShape, trace: Any) -> float:
-    """Host time the decision objects spend per transfer: a clockless pass with every expert a demand
-    load (no cache, on-demand) minus one with every expert resident, per transfer."""
     from sim.cache import CacheConfig
-    from sim.controller import DecodeController, run_decisions
-    from sim.policies import PolicySpec, make_policy
-    from sim.workload import Workload
+    from sim.config import SimOptions
+    from sim.policies import PolicySpec
+    from sim.simulation import simulate
+    from sim.validate import synthetic_trace
 
-    def timed(policy: str) -> tuple[float, int]:
-        best, transfers = float("inf"), 0
-        for _ in range(3):
-            controller = DecodeController(
-                Workload(trace), make_policy(PolicySpec(policy), trace.top_k), CacheConfig(slots=0)
-            )
-            t0 = time.perf_counter()
-            counters = run_decisions(controller)
-            best = min(best, time.perf_counter() - t0)
-            transfers = counters.transfers
-        return best, transfers
+    small = truncated_shape(shape)
+    trace = synthetic_trace(small, HOST_TOKENS)
+    progress(f"host time per copy ({shape.name}, live decode, {small.num_moe_layers} layers)")
+    cache, policy, options = (
+        CacheConfig(fraction=ISSUE_FIT_CACHE_FRACTION),
+        PolicySpec(ISSUE_FIT_POLICY),
+        SimOptions(warmup_steps=2),
+    )
+    _, _, slots = live.prepare(trace, small, policy, cache, options)
+    live_options = live.LiveOptions(device=str(device), host_budget_bytes=GIB)
+    model = live.open_model(small, slots, True, 1, HOST_TOKENS + 1, True, engines, live_options)
+    target = live.run_live(model, trace, profile, cache, policy, options, live_options).summary()
+    del model
 
-    on_demand, transfers = timed("on-demand")
-    resident, _ = timed("resident")
-    return max(0.0, (on_demand - resident) / max(transfers, 1))
+    def simulated(issue_s: float) -> float:
+        hardware = profile.with_copy(issue_s=issue_s)
+        return simulate(trace, small, hardware, cache, policy, options).summary()["mean_latency_s"]
+
+    return fit_scalar(simulated, target["mean_latency_s"], 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
 
 
 def measure_host_layer(
@@ -679,23 +688,17 @@ def calibrate(
 def _measure_host_costs(
     result: Calibration, shapes: Sequence[ModelShape], dev: Any, effort: Effort, say: Callable[[str], None]
 ) -> None:
+    """Host time per MoE layer for every shape (resident runs, no copies), then host time per copy,
+    fitted on the first shape with those per-layer times in place."""
     import torch
 
     provisional = to_profile(result, shapes)
     engines = provisional.copy.engines
-    dispatch = measure_dispatch_s(dev, engines, max(20, effort.reps))
-    decision = measure_decision_per_transfer_s(shapes[0], synthetic_trace_for(shapes[0]))
-    result.issue_s = dispatch + decision
     for shape in shapes:
         result.host_layer_s[shape.name] = measure_host_layer(shape, provisional, dev, engines, say)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def synthetic_trace_for(shape: ModelShape) -> Any:
-    from sim.validate import synthetic_trace
-
-    return synthetic_trace(truncated_shape(shape), HOST_TOKENS)
+    result.issue_s = fit_issue_s(shapes[0], to_profile(result, shapes), dev, engines, say)
 
 
 # ---------------------------------------------------------------------------------------------- the profile
@@ -767,7 +770,11 @@ def to_profile(
         "predictor MLP replayed from a CUDA graph as the live executor runs it; launch overhead: one "
         "trivial eager kernel back to back. "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
-        "cpu_gflops: the predictor MLP on the CPU at its largest batch."
+        "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
+        "Host costs of the live executor (host-bound at batch 1): host_layer per shape = median over steps "
+        "of (live - simulated) step time per MoE layer of a resident run of the first 4 MoE layers; "
+        "copy.issue_s = the host time per copy at which the simulator matches a live oracle run of the first "
+        "shape into a quarter-size cache (bisection)."
     )
     return HardwareProfile(
         meta=ProfileMeta(

@@ -87,3 +87,19 @@ def test_smoke_calibration_on_cpu_measures_every_curve_and_round_trips() -> None
     assert result.device == "cpu" and result.launch_overhead_s > 0
     again = cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result
+
+
+def test_fit_scalar_finds_where_a_rising_curve_meets_the_target() -> None:
+    assert cal.fit_scalar(lambda x: 3.0 * x + 1.0, 2.5, 0.0, 10.0, 40) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("target", "expected"), [(-1.0, 0.0), (100.0, 10.0)])
+def test_fit_scalar_clamps_to_the_nearer_bound(target: float, expected: float) -> None:
+    assert cal.fit_scalar(lambda x: x, target, 0.0, 10.0, 40) == expected
+
+
+def test_cpu_calibration_fits_a_host_time_per_copy_within_its_bounds() -> None:
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    assert 0.0 <= result.issue_s <= cal.ISSUE_FIT_MAX_S
+    assert TINY.name in result.host_layer_s
+    assert cal.to_profile(result, [TINY]).copy.issue_s == result.issue_s
