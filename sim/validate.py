@@ -370,7 +370,10 @@ def expand_resident(rows: list[dict[str, Any]], fractions: Sequence[float]) -> l
 
 
 def rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (shape, cache fraction): policies ordered by mean latency, live and simulated."""
+    """Per (shape, cache fraction): policies ordered by mean latency, live and simulated, and whether
+    the orders agree. Policies the simulator gives exactly the same mean (identical decisions, e.g.
+    previous-token when every prediction is already cached, and on-demand) are tied: the simulator
+    claims no order between them, so their live order, which is noise, is no disagreement."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["shape"], r["cache_fraction"]), []).append(r)
@@ -385,7 +388,7 @@ def rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cache_fraction": fraction,
                 "live_order": live_order,
                 "sim_order": sim_order,
-                "same": live_order == sim_order,
+                "same": not swaps,
                 "swapped_pairs": swaps,
             }
         )
@@ -393,13 +396,14 @@ def rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _swapped_pairs(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Policy pairs the two clocks order differently, with the live gap between them (percent)."""
+    """Policy pairs the simulator orders strictly and the live clock the other way round, with the
+    live gap between them (relative)."""
     swaps = []
     for i, a in enumerate(members):
         for b in members[i + 1 :]:
             live_sign = np.sign(a["live_mean_ms"] - b["live_mean_ms"])
             sim_sign = np.sign(a["sim_mean_ms"] - b["sim_mean_ms"])
-            if live_sign != sim_sign:
+            if sim_sign != 0 and live_sign != sim_sign:
                 gap = abs(a["live_mean_ms"] - b["live_mean_ms"]) / min(a["live_mean_ms"], b["live_mean_ms"])
                 swaps.append({"pair": [a["policy"], b["policy"]], "live_gap": gap})
     return swaps

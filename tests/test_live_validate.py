@@ -198,3 +198,14 @@ def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_pat
     ]
     rows = v.compare(live, v.simulate_grid(grid, hardware))
     assert len(rows) == 3 and all(r["misses_identical"] and r["live_passes"] == 2 for r in rows)
+
+
+def test_policies_the_simulator_ties_are_no_ranking_disagreement(results) -> None:
+    rows = v.compare([_scaled(r, 1.0) for r in results], results)
+    group = [r for r in rows if r["cache_fraction"] == 0.25]
+    twin = {**group[0], "policy": "twin", "live_mean_ms": group[0]["live_mean_ms"] * 1.01}
+    (rank,) = v.rankings([*group, twin])
+    assert rank["same"] and rank["swapped_pairs"] == []
+    faster_live = {**twin, "sim_mean_ms": twin["sim_mean_ms"] * 0.9}
+    (rank,) = v.rankings([*group, faster_live])
+    assert not rank["same"] and rank["swapped_pairs"][0]["pair"] == [group[0]["policy"], "twin"]
