@@ -82,6 +82,7 @@ HARDWARE_KEYS = {
     "copy_latency_s": "fixed cost per copy (also replaces a measured curve)",
     "host_memory": "pinned or pageable host memory for the experts",
     "copy_engines": "copies in flight at once",
+    "copy_issue_s": "host time per copy issued (delays the compute stream; 0 = a free host path)",
     "compute_scale": "multiplies every compute op's time (0.5 = a GPU computing twice as fast)",
     "predictor_s": "fixed prediction time per layer (default: from the profile)",
 }
@@ -106,6 +107,7 @@ class SweepSpec:
     copy_latency_s: tuple[float | None, ...] = (None,)
     host_memory: tuple[str, ...] = ("pinned",)
     copy_engines: tuple[int | None, ...] = (None,)
+    copy_issue_s: tuple[float | None, ...] = (None,)
     compute_scale: tuple[float, ...] = (1.0,)
     predictor_s: tuple[float | None, ...] = (None,)
 
@@ -114,7 +116,7 @@ class SweepSpec:
         sizes = [
             self.traces, self.policies, self.cache, self.eviction, self.per_layer, self.batch_sizes,
             self.presets, self.pcie_gbps, self.copy_latency_s, self.host_memory, self.copy_engines,
-            self.compute_scale, self.predictor_s,
+            self.copy_issue_s, self.compute_scale, self.predictor_s,
         ]  # fmt: skip
         return math.prod(len(axis) for axis in sizes)
 
@@ -175,6 +177,7 @@ def parse_sweep(doc: Mapping[str, Any], path: Path) -> SweepSpec:
         copy_latency_s=hardware_axis.numbers("copy_latency_s", low=0.0, default=(None,)),
         host_memory=hardware_axis.strings("host_memory", default=("pinned",), choices=HOST_MEMORY),
         copy_engines=hardware_axis.integers("copy_engines", low=1, default=(None,)),
+        copy_issue_s=hardware_axis.numbers("copy_issue_s", low=0.0, default=(None,)),
         compute_scale=hardware_axis.numbers("compute_scale", low=1e-6, default=(1.0,)),
         predictor_s=hardware_axis.numbers("predictor_s", low=0.0, default=(None,)),
     )
@@ -329,14 +332,15 @@ def expand(spec: SweepSpec, traces: Mapping[Path, Trace] | None = None) -> list[
             "num_tokens": trace.num_tokens,
         }
         hardware_axes = itertools.product(
-            spec.presets, spec.pcie_gbps, spec.copy_latency_s, spec.copy_engines
+            spec.presets, spec.pcie_gbps, spec.copy_latency_s, spec.copy_engines, spec.copy_issue_s
         )
-        for preset, pcie_gbps, latency_s, engines in hardware_axes:
-            hardware = what_if_hardware(profiles[preset], pcie_gbps, latency_s, engines)
+        for preset, pcie_gbps, latency_s, engines, issue_s in hardware_axes:
+            hardware = what_if_hardware(profiles[preset], pcie_gbps, latency_s, engines, issue_s)
             hardware_labels = {
                 "pcie_gbps": hardware.copy.link_gbps,
                 "copy_latency_s": hardware.copy.latency_s,
                 "copy_engines": hardware.copy.engines,
+                "copy_issue_s": hardware.copy.issue_s,
                 "measured_copy_curve": hardware.copy.curve is not None,
             }
             run_axes = itertools.product(
@@ -397,7 +401,11 @@ def policy_problem(trace: Trace, spec: PolicySpec) -> str | None:
 
 
 def what_if_hardware(
-    profile: HardwareProfile, pcie_gbps: float | None, latency_s: float | None, engines: int | None
+    profile: HardwareProfile,
+    pcie_gbps: float | None,
+    latency_s: float | None,
+    engines: int | None,
+    issue_s: float | None = None,
 ) -> HardwareProfile:
     """``profile`` with the sweep's copy overrides applied.
 
@@ -415,6 +423,8 @@ def what_if_hardware(
         changes.update(latency_s=latency_s, curve=None)
     if engines is not None:
         changes["engines"] = engines
+    if issue_s is not None:
+        changes["issue_s"] = issue_s
     return profile.with_copy(**changes) if changes else profile
 
 

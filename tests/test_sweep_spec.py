@@ -89,6 +89,26 @@ def test_what_if_bandwidth_replaces_the_measured_curve_and_keeps_the_pageable_ra
     assert what_if_hardware(h200, None, None, None) is h200
 
 
+def test_what_if_host_time_per_copy_keeps_the_measured_curve(tmp_path, trace_file) -> None:
+    h200 = load_profile("h200")
+    free_host = what_if_hardware(h200, None, None, None, 0.0)
+    assert free_host.copy.issue_s == 0.0 and free_host.copy.curve == h200.copy.curve
+    path = _sweep(
+        tmp_path,
+        """
+        [sweep]
+        traces = ["traces/olmoe.parquet"]
+        policies = ["on-demand"]
+        cache_fractions = [0.25]
+        [hardware]
+        copy_issue_s = [0.0, 1e-3]
+        """,
+    )
+    points = expand(load_sweep(path))
+    assert [p.config.hardware.copy.issue_s for p in points] == [0.0, 1e-3]
+    assert len({p.key for p in points}) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [

@@ -30,6 +30,7 @@ sweep file (TOML):
   copy_latency_s = [3e-6]
   host_memory = ["pinned", "pageable"]
   copy_engines = [1, 3]
+  copy_issue_s = [0.0, 7.3e-5]               # host time per copy (0: a free host path)
   compute_scale = [1.0]
   predictor_s = [1.5e-4]
 
