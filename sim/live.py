@@ -55,7 +55,7 @@ from sim.costs import CostModel
 from sim.hardware import HardwareProfile
 from sim.policies import LAYER_START, ROUTER, Policy, PolicySpec, make_policy
 from sim.results import SimResult
-from sim.simulation import check_compatible, timing_estimates
+from sim.simulation import check_compatible, measured_tokens, timing_estimates
 from sim.workload import Workload
 from traces.fileio import InputError
 from traces.schema import ModelShape
@@ -609,6 +609,7 @@ def run_live(
     started = time.perf_counter()
     shape = model.shape
     workload, policy_obj, slots = prepare(trace, shape, policy, cache, options)
+    decode_mask = measured_tokens(workload, options)  # refuses a warm-up that leaves nothing to measure
     if slots > model.slots.shape[0]:
         raise InputError(shape.name, f"run needs {slots} slots but the live model has {model.slots.shape[0]}")
     costs = CostModel(shape, hardware, options.compute_scale)
@@ -623,7 +624,6 @@ def run_live(
         step_latency, stall = decode.run()
     counters = controller.finish()
     step_of_token = workload.step_of_token
-    decode_mask = workload.decode_token_mask() & (step_of_token >= options.warmup_steps)
     total = float(step_latency.sum())
     copy = hardware.copy
     return SimResult(

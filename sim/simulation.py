@@ -64,6 +64,19 @@ def timing_estimates(policy: Policy, costs: CostModel, options: SimOptions) -> T
     )
 
 
+def measured_tokens(workload: Workload, options: SimOptions) -> np.ndarray:
+    """Mask of the trace tokens a run's latency summary counts: decode tokens after the warm-up steps.
+    Refuses (ValueError) a warm-up that leaves no decode step to measure, so that neither clock reports
+    a latency of nothing."""
+    decode = workload.decode_token_mask() & (workload.step_of_token >= options.warmup_steps)
+    if options.warmup_steps and not decode.any() and workload.decode_token_mask().any():
+        raise ValueError(
+            f"warmup_steps {options.warmup_steps} leaves no decode step to measure "
+            f"(the run has {workload.num_steps} steps)"
+        )
+    return decode
+
+
 def simulate(
     trace: Trace,
     shape: ModelShape,
@@ -80,13 +93,7 @@ def simulate(
     policy_obj = make_policy(policy, trace.top_k)
     workload = Workload(trace, options.batching(), policy_obj.sources)
     step_of_token = workload.step_of_token
-    decode = workload.decode_token_mask() & (step_of_token >= options.warmup_steps)
-    if options.warmup_steps and not decode.any() and workload.decode_token_mask().any():
-        # the summary would have no latency to report (NaN): say why up front instead
-        raise ValueError(
-            f"warmup_steps {options.warmup_steps} leaves no decode step to measure "
-            f"(the run has {workload.num_steps} steps)"
-        )
+    decode = measured_tokens(workload, options)
     costs = CostModel(shape, hardware, options.compute_scale)
     controller = DecodeController(
         workload, policy_obj, cache, timing_estimates(policy_obj, costs, options), request_type=Transfer

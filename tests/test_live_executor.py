@@ -127,3 +127,16 @@ def test_the_live_executor_refuses_what_it_cannot_run(trace, model) -> None:
             CacheConfig(fraction=0.25),
             SimOptions(host_memory="pageable"),
         )
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused_like_the_simulator(model, trace) -> None:
+    with pytest.raises(ValueError, match="leaves no decode step"):
+        live.run_live(
+            model,
+            trace,
+            load_profile("h200"),
+            CacheConfig(fraction=0.5),
+            PolicySpec("on-demand"),
+            SimOptions(warmup_steps=10_000),
+            live.LiveOptions(device="cpu"),
+        )

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from moe_prefetch.argtypes import positive_float
 from traces.fileio import InputError
 
 GIB = 1 << 30
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="live device: auto, cuda, cuda:N or cpu")
     parser.add_argument(
         "--host-budget-gib",
-        type=float,
+        type=positive_float,
         default=8.0,
         help="pinned host memory for routed experts; beyond it layers share host buffers (default 8)",
     )
