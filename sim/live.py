@@ -302,6 +302,9 @@ class _CopyQueue:
         self.last_in_slot: dict[int, _Transfer] = {}
         self.started: list[_Transfer] = []  # in start order, until landed
         self.transfers = 0
+        #: host seconds spent spinning for a free copy engine / for the GPU to catch up
+        self.engine_wait_s = 0.0
+        self.gpu_wait_s = 0.0
 
     def submit(self, requests: list[FetchRequest], gate: _Gate) -> None:
         for request in requests:
@@ -381,15 +384,24 @@ class _CopyQueue:
             self.timeline.copy(transfer)
 
     def wait_started(self, transfer: _Transfer) -> None:
-        """Spin (polling) until ``transfer`` is on an engine."""
+        """Spin (polling) until ``transfer`` is on an engine (the host time spent here is counted in
+        ``engine_wait_s``)."""
+        if transfer.state != PENDING:
+            return
+        started = time.perf_counter()
         while transfer.state == PENDING:
             self.pump()
+        self.engine_wait_s += time.perf_counter() - started
 
     def wait_until(self, marker: Any) -> None:
-        """Spin (polling) until the GPU passed ``marker``."""
+        """Spin (polling) until the GPU passed ``marker`` (counted in ``gpu_wait_s``)."""
         dev = self.dev
+        if dev.passed(marker):
+            return
+        started = time.perf_counter()
         while not dev.passed(marker):
             self.pump()
+        self.gpu_wait_s += time.perf_counter() - started
 
     def drain(self) -> None:
         while self.pending or any(t is not None for t in self.engines):
@@ -621,7 +633,9 @@ def run_live(
             _Decode(model, warm, options, 0, live.warmup_steps).run()
         controller = DecodeController(workload, policy_obj, cache, estimates)
         decode = _Decode(model, controller, options, options.timeline_steps, workload.num_steps)
+        loop_started = time.perf_counter()
         step_latency, stall = decode.run()
+        host_loop_s = time.perf_counter() - loop_started
     counters = controller.finish()
     step_of_token = workload.step_of_token
     total = float(step_latency.sum())
@@ -652,6 +666,12 @@ def run_live(
             "cache_slots": controller.cache.num_slots,
             "slots_used": counters.slots_used,
             "live_transfers": decode.queue.transfers,
+            # where the host thread's time went over the whole measured decode (warm-up steps included),
+            # in microseconds: spinning for a copy engine, spinning for the GPU to catch up (the
+            # one-layer-ahead rule), and the loop in all (the rest is the host's own work and the drain)
+            "host_wait_engine_us": round(decode.queue.engine_wait_s * 1e6),
+            "host_wait_gpu_us": round(decode.queue.gpu_wait_s * 1e6),
+            "host_loop_us": round(host_loop_s * 1e6),
         },
         timeline=decode.timeline.intervals(),
         wall_s=time.perf_counter() - started,
