@@ -126,6 +126,18 @@ class ShapeTimings:
 
 
 @dataclass
+class HostRun:
+    """One live decode of calibration's host-cost step (a truncated model on a synthetic trace, both
+    rebuilt from code), kept so that the host costs can be fitted again offline, without a GPU, after
+    the simulator's model changes (``fit_host_costs``). ``kind``: "layer" (every expert resident) or
+    "copy" (oracle prefetching into a quarter-size cache)."""
+
+    shape: str
+    kind: str
+    step_latency_s: list[float]
+
+
+@dataclass
 class Calibration:
     """Everything one calibration run measured, with where and when."""
 
@@ -144,10 +156,12 @@ class Calibration:
     concurrency: list[ConcurrencyPoint]
     shapes: dict[str, ShapeTimings]
     notes: str = ""
-    #: host time per copy of the live executor, fitted end to end (see fit_issue_s)
+    #: host time per copy of the live executor, fitted end to end (see fit_host_costs)
     issue_s: float = 0.0
-    #: per shape: host time per MoE layer of the live decode loop beyond its ops (see measure_host_layer)
+    #: per shape: host time per MoE layer of the live decode loop beyond its ops (see fit_host_costs)
     host_layer_s: dict[str, float] = field(default_factory=dict)
+    #: the live runs those two were fitted to
+    host_runs: list[HostRun] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +172,7 @@ class Calibration:
         doc["copies"] = [CopyPoint(**c) for c in doc["copies"]]
         doc["concurrency"] = [ConcurrencyPoint(**c) for c in doc["concurrency"]]
         doc["shapes"] = {k: ShapeTimings(**v) for k, v in doc["shapes"].items()}
+        doc["host_runs"] = [HostRun(**r) for r in doc.get("host_runs", [])]
         return cls(**doc)
 
 
@@ -489,6 +504,8 @@ def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) 
 #: MoE layers of the truncated model a host-layer calibration run decodes, and its tokens
 HOST_LAYERS = 4
 HOST_TOKENS = 32
+#: leading steps of a host-cost run left out of the fits (cold cache, first launches)
+HOST_WARMUP_STEPS = 2
 
 
 def truncated_shape(shape: ModelShape, moe_layers: int = HOST_LAYERS) -> ModelShape:
@@ -522,71 +539,88 @@ def fit_scalar(predict: Callable[[float], float], target: float, lo: float, hi: 
     return (lo + hi) / 2
 
 
-def fit_issue_s(
-    shape: ModelShape, profile: HardwareProfile, device: Any, engines: int, progress: Callable[[str], None]
-) -> float:
-    """Host time per copy of the live executor, fitted end to end: decode a synthetic trace on a
-    truncated copy of ``shape`` with oracle prefetching into a quarter-size cache, then find the
-    ``copy.issue_s`` at which the simulator (``profile``: ops and host time per layer just measured)
-    gives the same mean step time. It holds everything a copy costs the host thread (dispatch, the
-    decisions, polling, event bookkeeping), which adding up its parts had underestimated about
-    fivefold on the H200."""
-    from sim import live
+def host_run_setup(kind: str) -> tuple[Any, Any, Any]:
+    """(cache, policy, options) of a host-cost run: "layer" has every expert resident (no copies: the
+    step time beyond the ops is the loop's own host time), "copy" prefetches with the oracle into a
+    quarter-size cache (copies overlap attention, so their host cost shows in the step time)."""
     from sim.cache import CacheConfig
     from sim.config import SimOptions
     from sim.policies import PolicySpec
-    from sim.simulation import simulate
+
+    options = SimOptions(warmup_steps=HOST_WARMUP_STEPS)
+    if kind == "layer":
+        return CacheConfig(fraction=1.0), PolicySpec("resident"), options
+    if kind == "copy":
+        return CacheConfig(fraction=ISSUE_FIT_CACHE_FRACTION), PolicySpec(ISSUE_FIT_POLICY), options
+    raise ValueError(f"unknown host run kind {kind!r}")
+
+
+def record_host_run(
+    shape: ModelShape,
+    kind: str,
+    profile: HardwareProfile,
+    device: Any,
+    engines: int,
+    progress: Callable[[str], None],
+) -> HostRun:
+    """Decode the synthetic host-cost trace live on a truncated copy of ``shape`` (GPU side)."""
+    from sim import live
     from sim.validate import synthetic_trace
 
     small = truncated_shape(shape)
     trace = synthetic_trace(small, HOST_TOKENS)
-    progress(f"host time per copy ({shape.name}, live decode, {small.num_moe_layers} layers)")
-    cache, policy, options = (
-        CacheConfig(fraction=ISSUE_FIT_CACHE_FRACTION),
-        PolicySpec(ISSUE_FIT_POLICY),
-        SimOptions(warmup_steps=2),
-    )
-    _, _, slots = live.prepare(trace, small, policy, cache, options)
-    live_options = live.LiveOptions(device=str(device), host_budget_bytes=GIB)
-    model = live.open_model(small, slots, True, 1, HOST_TOKENS + 1, True, engines, live_options)
-    target = live.run_live(model, trace, profile, cache, policy, options, live_options).summary()
-    del model
+    what = "time per layer" if kind == "layer" else "time per copy"
+    progress(f"host {what} of {shape.name} (live decode, {small.num_moe_layers} layers)")
+    cache, policy, options = host_run_setup(kind)
+    _, policy_obj, slots = live.prepare(trace, small, policy, cache, options)
+    copies = not policy_obj.resident
+    budget = GIB if copies else small.bytes_per_expert
+    live_options = live.LiveOptions(device=str(device), host_budget_bytes=budget)
+    model = live.open_model(small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options)
+    ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
+    return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s])
 
-    def simulated(issue_s: float) -> float:
+
+def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
+    """Fit the live executor's host costs to ``result.host_runs`` with the current simulator (CPU only,
+    so a changed simulator can be re-fitted to the runs of an earlier calibration):
+
+    - ``host_layer_s[shape]``: median over measured steps of (live - simulated) step time of the
+      resident run, per MoE layer;
+    - ``issue_s`` (``copy.issue_s``): the host time per copy at which the simulator's mean step time
+      of the first shape's oracle run equals the live one (bisection). It holds everything a copy costs
+      the host thread (dispatch, decisions, polling, events), which adding up its parts had
+      underestimated about fivefold on the H200.
+    """
+    from sim.simulation import simulate
+    from sim.validate import synthetic_trace
+
+    runs = {(r.shape, r.kind): np.asarray(r.step_latency_s) for r in result.host_runs}
+    result.issue_s, result.host_layer_s = 0.0, {}
+    for shape in shapes:
+        if (shape.name, "layer") not in runs:
+            continue
+        small = truncated_shape(shape)
+        simulated = simulate(
+            synthetic_trace(small, HOST_TOKENS), small, to_profile(result, shapes), *host_run_setup("layer")
+        )
+        diff = (runs[shape.name, "layer"] - simulated.step_latency_s)[HOST_WARMUP_STEPS:]
+        result.host_layer_s[shape.name] = float(np.median(diff)) / small.num_moe_layers
+    copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
+    if not copy_runs:
+        return
+    shape, latency = copy_runs[0]
+    small = truncated_shape(shape)
+    trace = synthetic_trace(small, HOST_TOKENS)
+    setup = host_run_setup("copy")
+    profile = to_profile(result, shapes)
+    target = float(latency[HOST_WARMUP_STEPS:].mean())
+
+    def simulated_mean(issue_s: float) -> float:
         hardware = profile.with_copy(issue_s=issue_s)
-        return simulate(trace, small, hardware, cache, policy, options).summary()["mean_latency_s"]
+        return simulate(trace, small, hardware, *setup).summary()["mean_latency_s"]
 
-    return fit_scalar(simulated, target["mean_latency_s"], 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
-
-
-def measure_host_layer(
-    shape: ModelShape, provisional: Any, device: Any, engines: int, progress: Callable[[str], None]
-) -> float:
-    """Host time per MoE layer that the live decode loop spends beyond its ops: decode a synthetic trace
-    on a truncated copy of the model with every expert resident (no copies), and take the median over
-    steps of (live step time - the simulator's step time from ``provisional``, the profile of the ops
-    just measured) per MoE layer. A calibration of the executor, on its own synthetic trace."""
-    import numpy as np
-
-    from sim import live
-    from sim.cache import CacheConfig
-    from sim.config import SimOptions
-    from sim.policies import PolicySpec
-    from sim.simulation import simulate
-    from sim.validate import synthetic_trace
-
-    small = truncated_shape(shape)
-    trace = synthetic_trace(small, HOST_TOKENS)
-    progress(f"host time per layer of {shape.name} (live decode, {small.num_moe_layers} layers)")
-    options = live.LiveOptions(device=str(device), host_budget_bytes=small.bytes_per_expert)
-    model = live.open_model(
-        small, small.num_moe_layers * small.num_experts, False, 1, HOST_TOKENS + 1, False, engines, options
-    )
-    run = (CacheConfig(fraction=1.0), PolicySpec("resident"), SimOptions(warmup_steps=2))
-    ran = live.run_live(model, trace, provisional, *run, options)
-    simulated = simulate(trace, small, provisional, *run)
-    diff = (ran.step_latency_s - simulated.step_latency_s)[2:]
-    return float(np.median(diff)) / small.num_moe_layers
+    result.issue_s = fit_scalar(simulated_mean, target, 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
 
 
 def copy_engine_count(device: Any) -> int | None:
@@ -680,7 +714,7 @@ def calibrate(
             _measure_host_costs(result, shapes, dev, effort, say)
         except Exception as exc:  # the op and copy measurements above stay valid without them
             result.notes = f"host costs NOT measured ({type(exc).__name__}: {exc})"
-            result.issue_s, result.host_layer_s = 0.0, {}
+            result.issue_s, result.host_layer_s, result.host_runs = 0.0, {}, []
             say(f"WARNING: {result.notes}")
     return result
 
@@ -688,17 +722,18 @@ def calibrate(
 def _measure_host_costs(
     result: Calibration, shapes: Sequence[ModelShape], dev: Any, effort: Effort, say: Callable[[str], None]
 ) -> None:
-    """Host time per MoE layer for every shape (resident runs, no copies), then host time per copy,
-    fitted on the first shape with those per-layer times in place."""
+    """Record the host-cost runs live (a resident run per shape, an oracle run of the first shape),
+    then fit the host costs to them (``fit_host_costs``)."""
     import torch
 
     provisional = to_profile(result, shapes)
     engines = provisional.copy.engines
-    for shape in shapes:
-        result.host_layer_s[shape.name] = measure_host_layer(shape, provisional, dev, engines, say)
+    jobs = [(shape, "layer") for shape in shapes] + [(shapes[0], "copy")]
+    for shape, kind in jobs:
+        result.host_runs.append(record_host_run(shape, kind, provisional, dev, engines, say))
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    result.issue_s = fit_issue_s(shapes[0], to_profile(result, shapes), dev, engines, say)
+    fit_host_costs(result, shapes)
 
 
 # ---------------------------------------------------------------------------------------------- the profile

@@ -103,3 +103,32 @@ def test_cpu_calibration_fits_a_host_time_per_copy_within_its_bounds() -> None:
     assert 0.0 <= result.issue_s <= cal.ISSUE_FIT_MAX_S
     assert TINY.name in result.host_layer_s
     assert cal.to_profile(result, [TINY]).copy.issue_s == result.issue_s
+
+
+def test_host_costs_refit_offline_from_the_kept_runs_give_the_same_numbers(tmp_path) -> None:
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    assert {(r.shape, r.kind) for r in result.host_runs} == {(TINY.name, "layer"), (TINY.name, "copy")}
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps(result.to_dict()))
+    again = cal.Calibration.from_dict(json.loads(raw.read_text()))
+    again.issue_s, again.host_layer_s = 0.0, {}
+    cal.fit_host_costs(again, [TINY])
+    assert again.issue_s == result.issue_s and again.host_layer_s == result.host_layer_s
+
+
+def test_refit_refuses_a_raw_file_without_the_shape_or_without_host_runs(tmp_path, capsys) -> None:
+    from moe_prefetch.cli import main
+    from traces.shapes import resolve_shape
+
+    doc = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False).to_dict()
+    doc["shapes"] = {resolve_shape("olmoe-1b-7b").name: doc["shapes"][TINY.name]}
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps(doc))
+    out = tmp_path / "p.toml"
+    for shape, problem in (
+        ("mixtral-8x7b", "has no op timings of"),
+        ("olmoe-1b-7b", "holds no host-cost runs"),
+    ):
+        code = main(["calibrate", "--model-shape", shape, "--out", str(out), "--refit", str(raw)])
+        assert code == 2 and problem in capsys.readouterr().err
+    assert not out.exists()

@@ -5,8 +5,10 @@ and pageable memory, concurrent copies on several streams, and for every model s
 ops the live executor runs (attention against context length and batch, norms, router, expert SwiGLU
 against token count, shared experts, dense MLP, predictor MLP on GPU and CPU), plus launch overhead.
 The profile (TOML) is what ``moe-prefetch simulate --hardware FILE`` reads; ``--raw`` also keeps every
-measured number as JSON. ``--device cpu --effort smoke`` checks the code path on a machine without a GPU
-(the numbers are then meaningless and the profile says so).
+measured number as JSON, including the live runs the executor's host costs were fitted to, so that
+``--refit RAW.json`` can fit them again with a changed simulator, without a GPU. ``--device cpu --effort
+smoke`` checks the code path on a machine without a GPU (the numbers are then meaningless and the profile
+says so).
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from traces.fileio import InputError, write_text_atomic
+
+if TYPE_CHECKING:
+    from sim.calibrate import Calibration
+    from traces.schema import ModelShape
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="skip the live executor's host costs (per-copy issue time, per-layer loop time); these need "
         "the simulator (simpy) on the GPU machine",
     )
+    parser.add_argument(
+        "--refit",
+        metavar="RAW.json",
+        help="no measuring: re-fit the host costs of an earlier calibration (its --raw file) with the "
+        "current simulator and write the profile (after a change to the simulator's model; no GPU)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -62,22 +76,50 @@ def _run(args: argparse.Namespace) -> int:
     names = [s.name for s in shapes]
     if len(set(names)) != len(names):
         raise InputError(args.model_shape[0], "the same model shape is given twice")
-    effort = cal.Effort.smoke() if args.effort == "smoke" else cal.Effort()
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(args.device, "no CUDA device is available (use --device cpu for a smoke run)")
-    result = cal.calibrate(
-        shapes,
-        device=args.device,
-        effort=effort,
-        host_costs=not args.no_host_costs,
-        progress=lambda m: print(f"calibrate: {m}", file=sys.stderr),
-    )
+    if args.refit:
+        result = _read_raw(args.refit, names)
+        cal.fit_host_costs(result, shapes)
+    else:
+        result = _measure(args, shapes)
     if args.raw:
         write_text_atomic(args.raw, json.dumps(result.to_dict(), indent=1) + "\n")
     cal.write_profile(result, shapes, args.out, name=args.name, smoke=args.effort == "smoke")
     print(cal.summary_text(result))
     print(f"profile written to {args.out}")
     return 0
+
+
+def _measure(args: argparse.Namespace, shapes: list[ModelShape]) -> Calibration:
+    from sim import calibrate as cal
+
+    effort = cal.Effort.smoke() if args.effort == "smoke" else cal.Effort()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(args.device, "no CUDA device is available (use --device cpu for a smoke run)")
+    return cal.calibrate(
+        shapes,
+        device=args.device,
+        effort=effort,
+        host_costs=not args.no_host_costs,
+        progress=lambda m: print(f"calibrate: {m}", file=sys.stderr),
+    )
+
+
+def _read_raw(path: str, names: list[str]) -> Calibration:
+    """An earlier calibration's --raw file, checked to hold the given shapes and its host-cost runs."""
+    from sim import calibrate as cal
+
+    try:
+        result = cal.Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"not a calibration --raw file ({type(exc).__name__}: {exc})") from None
+    missing = [n for n in names if n not in result.shapes]
+    if missing:
+        raise InputError(path, f"has no op timings of {', '.join(missing)}")
+    if not result.host_runs:
+        raise InputError(path, "holds no host-cost runs to fit (calibrated before they were kept)")
+    return result
