@@ -193,6 +193,7 @@ def test_validation_pairs_live_and_simulated_runs_and_states_the_error(results_d
     (row,) = table.rows
     assert row[0] == "allenai/OLMoE-1B-7B-0924 · pre-attention · 0.25 of experts"
     assert row[3] == f"{100 * (1 / 1.04 - 1):+.1f}%"  # the live run was made 4% slower
+    assert row[7] == "1 (0.0%)"  # one live pass, so no spread
 
 
 def test_at_a_glance_tabulates_every_setting_and_policy(results_dir) -> None:

@@ -95,9 +95,14 @@ def _error_table(rows: Sequence[dict[str, Any]]) -> Table:
             f"{r['live_p99_ms']:.3f}",
             f"{r['sim_p99_ms']:.3f}",
             f"{100 * r['p99_err']:+.1f}%",
+            f"{r['live_passes']} ({100 * r['live_spread']:.1f}%)",
             f"{r['live_misses']} / {r['sim_misses']}" + ("" if r["misses_identical"] else " (DIFFER)"),
         ]
         for r in sorted(rows, key=lambda r: -abs(r["mean_err"]))
     ]
     columns = ["configuration", "live mean ms", "sim mean ms", "error", "live p99 ms", "sim p99 ms", "error"]
-    return Table([*columns, "misses live / sim"], body, caption="Per configuration, worst mean error first")
+    caption = (
+        "Per configuration, worst mean error first. Live passes (spread): how many times the configuration "
+        "ran live and how far apart their means were, (max - min) / mean: the live clock's own noise."
+    )
+    return Table([*columns, "live passes (spread)", "misses live / sim"], body, caption=caption)
