@@ -323,24 +323,30 @@ class ExpertCache:
             self.peak_slots = len(entries)
         return entry
 
-    def route(self, layer: int, experts: Sequence[int], pos: int) -> list[Entry | None]:
+    def route(self, layer: int, experts: Sequence[int], pos: int) -> tuple[list[Entry | None], bool]:
         """The router of ``layer`` at ``pos`` needs ``experts``: use every present one (which pins it
-        until the layer ends). Returns their entries, None for absent ones. From now on, entries
-        prefetched for ``pos`` that it did not use count as unpinned, so demand loads may evict them."""
+        until the layer ends). Returns their entries, None for absent ones, and whether every one is
+        present and arrived (all hits). From now on, entries prefetched for ``pos`` that it did not use
+        count as unpinned, so demand loads may evict them. (One loop: this runs at every router.)"""
         base = layer * self.num_experts
         get = self.entries.get
-        found = [get(base + e) for e in experts]
-        if None in found:
-            present = [entry for entry in found if entry is not None]
-            keys = [entry.key for entry in present]
-        else:
-            present = found
-            keys = [base + e for e in experts]
-        for entry in present:
+        found: list[Entry | None] = []
+        keys: list[int] = []
+        ready = True
+        for e in experts:
+            key = base + e
+            entry = get(key)
+            found.append(entry)
+            if entry is None:
+                ready = False
+                continue
             entry.used_at = pos
+            keys.append(key)
+            if not entry.arrived:
+                ready = False
         self.routed_through = pos
         self.partitions[self._partition_of_layer[layer]].rule.touch_all(keys, pos)
-        return found
+        return found, ready
 
     def use(self, entry: Entry, pos: int) -> None:
         """A layer uses ``entry`` at ``pos`` (it stays pinned until that layer ends)."""
