@@ -286,21 +286,26 @@ class ExpertCache:
                 if later + 1 > part.capacity - part.reserve:
                     return None
         entries = self.entries
-        if part.free:
-            entry = Entry(key, part.free.pop())
+        pos = self.current_pos
+        if part.free or part.capacity is None:  # a free slot (or a new staging slot): the partition grows
+            if part.free:
+                entry = Entry(key, part.free.pop())
+            else:
+                entry = Entry(key, part.next_slot)
+                part.next_slot += 1
             part.size += 1
-        elif part.capacity is None:
-            entry = Entry(key, part.next_slot)
-            part.next_slot += 1
-            part.size += 1
+            part.rule.insert(key, pos)
+            entries[key] = entry
+            if len(entries) > self.peak_slots:
+                self.peak_slots = len(entries)
         else:  # evict: the partition's size stays the same
-            victim = part.rule.victim(self._pinned)
+            victim = part.rule.replace(key, pos, self._pinned)
             if victim is None:
                 if prefetch:
                     return None
                 raise CacheTooSmall(f"no unpinned slot left for a demand load of layer {layer}")
             entry = entries.pop(victim)  # the victim's entry object and slot are reused for ``key``
-            part.rule.remove(victim)
+            entries[key] = entry
             self.evictions += 1
             if entry.prefetched and entry.used_at < entry.loaded_at:
                 self.wasted += 1
@@ -312,15 +317,11 @@ class ExpertCache:
             entry.pin_until = -1
             entry.used_at = NEVER_USED
         entry.prefetched = prefetch
-        entry.loaded_at = pos = self.current_pos
-        entries[key] = entry
-        part.rule.insert(key, pos)
+        entry.loaded_at = pos
         if near or part.capacity is None:
             entry.pin_until = pin_until
         else:
             self._pin(entry, part, pin_until, layer)
-        if len(entries) > self.peak_slots:
-            self.peak_slots = len(entries)
         return entry
 
     def route(self, layer: int, experts: Sequence[int], pos: int) -> tuple[list[Entry | None], bool]:

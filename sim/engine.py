@@ -175,7 +175,7 @@ class _Run:
         cross_layer = issue_point == ROUTER
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
-        submit, advance, promote, flush = link.submit_all, link.advance, link.promote, self.flush
+        submit, advance, promote, flush = link.submit_all, link.advance, link.promote_all, self.flush
         layer_start, prediction_ready, route = (
             controller.layer_start,
             controller.prediction_ready,
@@ -252,8 +252,7 @@ class _Run:
                 t_block = t_h
                 late, demands, prefetches = decision.late, decision.demands, decision.prefetches
                 if late:
-                    for transfer in late:
-                        promote(transfer, DEMAND)
+                    promote(late, DEMAND)
                 if demands:
                     submit(demands, t_h)
                 if prefetches:

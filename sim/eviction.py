@@ -44,6 +44,15 @@ class EvictionRule:
         """The entry to evict among unpinned ones, or None if every entry is pinned."""
         raise NotImplementedError
 
+    def replace(self, key: int, pos: int, is_pinned: IsPinned) -> int | None:
+        """Evict the victim and insert ``key`` at ``pos`` in its place; returns the victim (None, and no
+        change, if every entry is pinned). One call per eviction: the cache does this for every copy."""
+        victim = self.victim(is_pinned)
+        if victim is not None:
+            self.remove(victim)
+            self.insert(key, pos)
+        return victim
+
 
 class LRU(EvictionRule):
     """Least recently used (insertion counts as a use)."""
@@ -71,6 +80,15 @@ class LRU(EvictionRule):
         for key in self._order:
             if not is_pinned(key):
                 return key
+        return None
+
+    def replace(self, key: int, pos: int, is_pinned: IsPinned) -> int | None:
+        order = self._order
+        for victim in order:
+            if not is_pinned(victim):
+                del order[victim]
+                order[key] = None
+                return victim
         return None
 
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from sim.controller import FetchRequest
 
-QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)
+QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)  # ordered: state <= BLOCKED means not started yet
 INF = float("inf")
 
 
@@ -103,10 +103,10 @@ class Link:
             return
         if at_s > self.now:
             self.advance(at_s)
+        self.pending += len(transfers)
+        self.submitted += len(transfers)
         last_in_slot, free, queue = self._last_in_slot, self._free, self._queue
         for transfer in transfers:
-            self.pending += 1
-            self.submitted += 1
             slot = transfer.slot
             previous = last_in_slot.get(slot)
             last_in_slot[slot] = transfer
@@ -130,6 +130,13 @@ class Link:
                 if free:
                     self._dispatch()
 
+    def promote_all(self, transfers: Sequence[Transfer], priority: int = 0) -> None:
+        """``promote`` each of ``transfers`` that is still waiting (one call per router: most late copies
+        are already moving)."""
+        for transfer in transfers:
+            if priority < transfer.priority and transfer.state <= BLOCKED:
+                self.promote(transfer, priority)
+
     def promote(self, transfer: Transfer, priority: int = 0) -> None:
         """Make a waiting copy at least as urgent as ``priority`` (a late prefetch became a demand)."""
         if priority >= transfer.priority or transfer.state in (SETUP, WIRE, DONE):
@@ -141,14 +148,15 @@ class Link:
         self.promote(transfer.waits_for, priority)  # blocked: hurry the copy it waits for
 
     def _dispatch(self) -> None:
-        queue, free = self._queue, self._free
+        """Start queued copies on free engines, most urgent first, at the link's current time."""
+        queue, free, now = self._queue, self._free, self.now
         while free and queue:
             priority, _, transfer = heapq.heappop(queue)
             if transfer.state != QUEUED or priority != transfer.priority:
                 continue  # stale entry (promoted or already started)
             transfer.state = SETUP
             transfer.engine = free.pop()
-            transfer.start_s = now = self.now
+            transfer.start_s = now
             transfer.setup_end = now + self.latency_s
             self._setup.append(transfer)
 
@@ -166,6 +174,8 @@ class Link:
             return
         now, virtual, busy = self.now, self.virtual, self.busy_s
         rates, size, ready, serial = self._rates, self.size_bytes, self._ready, self.serial
+        land, free, queue = self.completed.append, self._free, self._queue
+        landed = 0
         n_wire = len(wire)
         rate = rates[n_wire]
         while True:
@@ -190,12 +200,12 @@ class Link:
                         rate = rates[n_wire]
                     transfer.state = DONE
                     transfer.end_s = now
-                    self.pending -= 1
-                    self._free.append(transfer.engine)
-                    self.completed.append(transfer)
+                    landed += 1
+                    free.append(transfer.engine)
+                    land(transfer)
                     if transfer.blocked:
                         self._unblock(transfer)
-                    if self._queue:
+                    if queue:
                         self.now = now
                         self._dispatch()
                     if transfer is until:
@@ -225,6 +235,7 @@ class Link:
                 busy += t - now
             now = t
         self.now, self.virtual, self.busy_s = now, virtual, busy
+        self.pending -= landed
 
     def finish_time(self, transfer: Transfer) -> float:
         """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
