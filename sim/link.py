@@ -24,9 +24,9 @@ may advance the link to any time once it knows every submission before that time
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Sequence
+from heapq import heappop, heappush
 
 from sim.controller import FetchRequest
 
@@ -126,7 +126,7 @@ class Link:
                 transfer.setup_end = now + self.latency_s
                 self._setup.append(transfer)
             else:
-                heapq.heappush(queue, (transfer.priority, transfer.seq, transfer))
+                heappush(queue, (transfer.priority, transfer.seq, transfer))
                 if free:
                     self._dispatch()
 
@@ -143,7 +143,7 @@ class Link:
             return
         transfer.priority = priority
         if transfer.state == QUEUED:
-            heapq.heappush(self._queue, (priority, transfer.seq, transfer))
+            heappush(self._queue, (priority, transfer.seq, transfer))
             return
         self.promote(transfer.waits_for, priority)  # blocked: hurry the copy it waits for
 
@@ -151,7 +151,7 @@ class Link:
         """Start queued copies on free engines, most urgent first, at the link's current time."""
         queue, free, now = self._queue, self._free, self.now
         while free and queue:
-            priority, _, transfer = heapq.heappop(queue)
+            priority, _, transfer = heappop(queue)
             if transfer.state != QUEUED or priority != transfer.priority:
                 continue  # stale entry (promoted or already started)
             transfer.state = SETUP
@@ -261,5 +261,5 @@ class Link:
         for waiting in transfer.blocked:
             waiting.state = QUEUED
             waiting.waits_for = None
-            heapq.heappush(self._queue, (waiting.priority, waiting.seq, waiting))
+            heappush(self._queue, (waiting.priority, waiting.seq, waiting))
         transfer.blocked = None
