@@ -174,8 +174,6 @@ class Link:
             return
         now, virtual, busy = self.now, self.virtual, self.busy_s
         rates, size, ready, serial = self._rates, self.size_bytes, self._ready, self.serial
-        land, free, queue = self.completed.append, self._free, self._queue
-        landed = 0
         n_wire = len(wire)
         rate = rates[n_wire]
         while True:
@@ -200,12 +198,12 @@ class Link:
                         rate = rates[n_wire]
                     transfer.state = DONE
                     transfer.end_s = now
-                    landed += 1
-                    free.append(transfer.engine)
-                    land(transfer)
+                    self.pending -= 1
+                    self._free.append(transfer.engine)
+                    self.completed.append(transfer)
                     if transfer.blocked:
                         self._unblock(transfer)
-                    if queue:
+                    if self._queue:
                         self.now = now
                         self._dispatch()
                     if transfer is until:
@@ -235,7 +233,6 @@ class Link:
                 busy += t - now
             now = t
         self.now, self.virtual, self.busy_s = now, virtual, busy
-        self.pending -= landed
 
     def finish_time(self, transfer: Transfer) -> float:
         """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
