@@ -310,8 +310,8 @@ class _Run:
                     stall[j] += idle
                 busy += before_router + norm + work
                 t_c = t
-                # layer end: its experts may now be evicted. SimPy's clock moves to now + (t_h - now)
-                # (its own arithmetic, mirrored in sim_now so that the hot loop reads no property)
+                # layer end: its experts may now be evicted. SimPy's clock is kept in sim_now, read once
+                # after each timeout (env.now is a property; the loop would read it twice per layer)
                 if t_c > t_h:
                     t_h = t_c
                 if t_h > sim_now:
