@@ -286,21 +286,26 @@ class ExpertCache:
                 if later + 1 > part.capacity - part.reserve:
                     return None
         entries = self.entries
-        if part.free:
-            entry = Entry(key, part.free.pop())
+        pos = self.current_pos
+        if part.free or part.capacity is None:  # a free slot (or a new staging slot): the partition grows
+            if part.free:
+                entry = Entry(key, part.free.pop())
+            else:
+                entry = Entry(key, part.next_slot)
+                part.next_slot += 1
             part.size += 1
-        elif part.capacity is None:
-            entry = Entry(key, part.next_slot)
-            part.next_slot += 1
-            part.size += 1
+            part.rule.insert(key, pos)
+            entries[key] = entry
+            if len(entries) > self.peak_slots:
+                self.peak_slots = len(entries)
         else:  # evict: the partition's size stays the same
-            victim = part.rule.victim(self._pinned)
+            victim = part.rule.replace(key, pos, self._pinned)
             if victim is None:
                 if prefetch:
                     return None
                 raise CacheTooSmall(f"no unpinned slot left for a demand load of layer {layer}")
             entry = entries.pop(victim)  # the victim's entry object and slot are reused for ``key``
-            part.rule.remove(victim)
+            entries[key] = entry
             self.evictions += 1
             if entry.prefetched and entry.used_at < entry.loaded_at:
                 self.wasted += 1
@@ -312,35 +317,37 @@ class ExpertCache:
             entry.pin_until = -1
             entry.used_at = NEVER_USED
         entry.prefetched = prefetch
-        entry.loaded_at = pos = self.current_pos
-        entries[key] = entry
-        part.rule.insert(key, pos)
+        entry.loaded_at = pos
         if near or part.capacity is None:
             entry.pin_until = pin_until
         else:
             self._pin(entry, part, pin_until, layer)
-        if len(entries) > self.peak_slots:
-            self.peak_slots = len(entries)
         return entry
 
-    def route(self, layer: int, experts: Sequence[int], pos: int) -> list[Entry | None]:
+    def route(self, layer: int, experts: Sequence[int], pos: int) -> tuple[list[Entry | None], bool]:
         """The router of ``layer`` at ``pos`` needs ``experts``: use every present one (which pins it
-        until the layer ends). Returns their entries, None for absent ones. From now on, entries
-        prefetched for ``pos`` that it did not use count as unpinned, so demand loads may evict them."""
+        until the layer ends). Returns their entries, None for absent ones, and whether every one is
+        present and arrived (all hits). From now on, entries prefetched for ``pos`` that it did not use
+        count as unpinned, so demand loads may evict them. (One loop: this runs at every router.)"""
         base = layer * self.num_experts
         get = self.entries.get
-        found = [get(base + e) for e in experts]
-        if None in found:
-            present = [entry for entry in found if entry is not None]
-            keys = [entry.key for entry in present]
-        else:
-            present = found
-            keys = [base + e for e in experts]
-        for entry in present:
+        found: list[Entry | None] = []
+        keys: list[int] = []
+        ready = True
+        for e in experts:
+            key = base + e
+            entry = get(key)
+            found.append(entry)
+            if entry is None:
+                ready = False
+                continue
             entry.used_at = pos
+            keys.append(key)
+            if not entry.arrived:
+                ready = False
         self.routed_through = pos
         self.partitions[self._partition_of_layer[layer]].rule.touch_all(keys, pos)
-        return found
+        return found, ready
 
     def use(self, entry: Entry, pos: int) -> None:
         """A layer uses ``entry`` at ``pos`` (it stays pinned until that layer ends)."""

@@ -28,7 +28,7 @@ Timing rules a clock must honour (they keep the physical state consistent with t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sim.cache import CacheConfig, Entry, ExpertCache
@@ -73,19 +73,20 @@ class RouterDecision:
     (HIT: copy landed, LATE: copy issued but not landed, MISS: absent, a demand load was issued),
     ``tokens`` (how many of the step's tokens each serves), the new ``demands`` and the outstanding
     requests of the ``late`` experts (a clock should promote them to demand priority), and the policy's
-    ``prefetches`` issued at this router (after the demands)."""
+    ``prefetches`` issued at this router (after the demands). The three request lists are an empty
+    tuple when there are none (most routers: one shared object, not three new lists per layer)."""
 
     __slots__ = ("demands", "entries", "experts", "late", "layer", "prefetches", "status", "tokens")
 
-    def __init__(self, layer: int, experts: list[int], tokens: list[int]) -> None:
+    def __init__(self, layer: int, experts: list[int], tokens: list[int], entries: list[Entry]) -> None:
         self.layer = layer
         self.experts = experts
         self.tokens = tokens
-        self.entries: list[Entry] = []
+        self.entries = entries
         self.status: list[int] = []
-        self.demands: list[FetchRequest] = []
-        self.late: list[FetchRequest] = []
-        self.prefetches: list[FetchRequest] = []
+        self.demands: Sequence[FetchRequest] = ()
+        self.late: Sequence[FetchRequest] = ()
+        self.prefetches: Sequence[FetchRequest] = ()
 
     @property
     def slots(self) -> list[int]:
@@ -198,12 +199,10 @@ class DecodeController:
     def router(self, j: int) -> RouterDecision:
         step = self.step
         pos = self._pos_base + j
-        cache = self.cache
         needed = step.needed[j]
-        decision = RouterDecision(j, needed, step.tokens_per_expert[j])
-        found = cache.route(j, needed, pos)
-        decision.entries = found
-        if None not in found and all([entry.arrived for entry in found]):  # the common case: all hits
+        found, ready = self.cache.route(j, needed, pos)
+        decision = RouterDecision(j, needed, step.tokens_per_expert[j], found)
+        if ready:  # the common case: all hits
             decision.status = [HIT] * len(found)
             self.counters.hits[j] += len(found)
         else:
@@ -213,26 +212,36 @@ class DecodeController:
         return decision
 
     def _classify(self, decision: RouterDecision, found: list, j: int, pos: int) -> None:
-        """Statuses of a layer with late or absent experts; demand loads for the absent ones."""
-        status = decision.status = [MISS if e is None else (HIT if e.arrived else LATE) for e in found]
-        decision.late = [e.request for e in found if e is not None and not e.arrived]
-        n_miss = status.count(MISS)
-        if n_miss:
-            cache = self.cache
-            base = j * self.num_experts
-            new_request = self._request_type
-            demands = decision.demands
-            for i, entry in enumerate(found):
-                if entry is None:
-                    e = decision.experts[i]
-                    entry = found[i] = cache.allocate(base + e, pos, prefetch=False)
-                    cache.use(entry, pos)
-                    request = new_request(self._seq, base + e, j, e, entry.slot, DEMAND, True, pos)
-                    self._seq += 1
-                    entry.request = request
-                    demands.append(request)
+        """Statuses of a layer with late or absent experts; demand loads for the absent ones, in router
+        order (allocating one cannot evict another needed expert: the router pinned them all)."""
+        status: list[int] = []
+        late: list[FetchRequest] = []
+        demands: list[FetchRequest] = []
+        for i, entry in enumerate(found):
+            if entry is None:
+                cache = self.cache
+                e = decision.experts[i]
+                key = j * self.num_experts + e
+                entry = found[i] = cache.allocate(key, pos, prefetch=False)
+                cache.use(entry, pos)
+                entry.request = request = self._request_type(
+                    self._seq, key, j, e, entry.slot, DEMAND, True, pos
+                )
+                self._seq += 1
+                demands.append(request)
+                status.append(MISS)
+            elif entry.arrived:
+                status.append(HIT)
+            else:
+                status.append(LATE)
+                late.append(entry.request)
+        decision.status = status
+        if late:
+            decision.late = late
+        if demands:
+            decision.demands = demands
         counters = self.counters
-        n_late = len(decision.late)
+        n_miss, n_late = len(demands), len(late)
         counters.misses[j] += n_miss
         counters.late[j] += n_late
         counters.hits[j] += len(found) - n_miss - n_late

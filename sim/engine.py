@@ -73,6 +73,14 @@ class _Timeline:
         if self.on and len(self.intervals) < self.limit and end > start:
             self.intervals.append((lane, kind, start, end, layer, expert))
 
+    def add_run(
+        self, lane: str, kind: str, start: float, durations: list[float], layer: int, experts: list[int]
+    ) -> None:
+        """Intervals of ops run back to back from ``start`` (the same float additions as the engine's)."""
+        for c, expert in zip(durations, experts, strict=True):
+            self.add(lane, kind, start, start + c, layer, expert)
+            start += c
+
 
 def run_engine(
     controller: DecodeController,
@@ -167,7 +175,14 @@ class _Run:
         cross_layer = issue_point == ROUTER
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
-        submit, advance, flush = link.submit_all, link.advance, self.flush
+        submit, advance, promote, flush = link.submit_all, link.advance, link.promote_all, self.flush
+        layer_start, prediction_ready, route = (
+            controller.layer_start,
+            controller.prediction_ready,
+            controller.router,
+        )
+        layer_end = controller.layer_end
+        sim_now = env.now
         stall = self.stall
         expert_s = costs.expert_s
         issue_s = costs.issue_s
@@ -182,7 +197,9 @@ class _Run:
                 timeline.on = recording = False
             step_start = t_c
             t_h = max(t_h, t_c)
-            submit(controller.begin_step(s), t_h)
+            issued = controller.begin_step(s)
+            if issued:
+                submit(issued, t_h)
             step = controller.step
             n_tok = step.num_tokens
             norm = costs.norm_s(n_tok)
@@ -202,12 +219,15 @@ class _Run:
                     busy += layer_s
                     continue
                 # layer start: the input norm is done, the pre-attention predictor starts
+                # (an empty batch is neither submitted nor charged: adding 0 * issue_s changes no float)
                 t_ls = t_c + norm
                 if t_ls > t_h:
                     t_h = t_ls
-                issued = controller.layer_start(j)
-                submit(issued, t_h)
-                t_router = t_ls + before_router + len(issued) * issue_s
+                issued = layer_start(j)
+                t_router = t_ls + before_router
+                if issued:
+                    submit(issued, t_h)
+                    t_router += len(issued) * issue_s
                 if recording:
                     timeline.add("compute", "norm", t_c, t_ls, j)
                     timeline.add("compute", "attention", t_ls, t_ls + attn, j)
@@ -218,38 +238,42 @@ class _Run:
                         timeline.add("predictor", "predict", t_ls, t_p, j)
                     if t_p > t_h:
                         t_h = t_p
-                    issued = controller.prediction_ready(j)
-                    submit(issued, t_h)
-                    t_router += len(issued) * issue_s  # the host issues them during attention
+                    issued = prediction_ready(j)
+                    if issued:
+                        submit(issued, t_h)
+                        t_router += len(issued) * issue_s  # the host issues them during attention
                 # router: hits, late prefetches (promoted to demand), misses (demand loads)
                 if t_router > t_h:
                     t_h = t_router
                 advance(t_h)  # learn which copies landed before the router: hit versus late
                 if link.completed:
                     flush()
-                decision = controller.router(j)
+                decision = route(j)
                 t_block = t_h
-                late = decision.late
-                for transfer in late:
-                    link.promote(transfer, DEMAND)
-                demands, prefetches = decision.demands, decision.prefetches
-                submit(demands, t_h)
-                submit(prefetches, t_h)
-                t_block += (len(demands) + len(prefetches)) * issue_s
+                late, demands, prefetches = decision.late, decision.demands, decision.prefetches
+                if late:
+                    promote(late, DEMAND)
+                if demands:
+                    submit(demands, t_h)
+                if prefetches:
+                    submit(prefetches, t_h)
+                if demands or prefetches:
+                    t_block += (len(demands) + len(prefetches)) * issue_s
                 if cross_layer and j + 1 < num_moe:
                     t_p = t_router + gate_s
                     if t_p > t_h:
                         t_h = t_p
-                    issued = controller.prediction_ready(j + 1)
-                    submit(issued, t_h)
-                    t_block += len(issued) * issue_s
+                    issued = prediction_ready(j + 1)
+                    if issued:
+                        submit(issued, t_h)
+                        t_block += len(issued) * issue_s
                 # the MoE block: shared and resident experts first, then the others as their copies land
-                status, tokens = decision.status, decision.tokens
+                status = decision.status
                 t = t_block + shared
                 work = shared
                 if recording and shared > 0:
                     timeline.add("compute", "shared experts", t_block, t, j)
-                cs = [c_one] * len(status) if n_tok == 1 else [expert_s(x) for x in tokens]
+                cs = [c_one] * len(status) if n_tok == 1 else [expert_s(x) for x in decision.tokens]
                 if late or demands:
                     late_iter, demand_iter = iter(late), iter(demands)
                     waiting = []
@@ -273,10 +297,10 @@ class _Run:
                         if recording:
                             timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
                         t += c
-                else:
-                    for i, c in enumerate(cs):
-                        if recording:
-                            timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
+                else:  # every needed expert is on the GPU: they run back to back
+                    if recording:
+                        timeline.add_run("compute", "expert", t, cs, j, decision.experts)
+                    for c in cs:
                         t += c
                         work += c
                 t += add
@@ -286,15 +310,18 @@ class _Run:
                     stall[j] += idle
                 busy += before_router + norm + work
                 t_c = t
-                # layer end: its experts may now be evicted
+                # layer end: its experts may now be evicted. SimPy's clock is kept in sim_now, read once
+                # after each timeout (env.now is a property; the loop would read it twice per layer)
                 if t_c > t_h:
                     t_h = t_c
-                if t_h > env.now:
-                    yield timeout(t_h - env.now)
+                if t_h > sim_now:
+                    yield timeout(t_h - sim_now)
+                    sim_now = env.now
                     events += 1
-                issued = controller.layer_end(j)
-                submit(issued, t_h)
-                t_c += len(issued) * issue_s
+                issued = layer_end(j)
+                if issued:
+                    submit(issued, t_h)
+                    t_c += len(issued) * issue_s
                 j += 1
             controller.end_step()
             t_c += self.step_overhead_s

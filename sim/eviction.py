@@ -10,7 +10,7 @@ the choice is deterministic.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from sim.workload import NextUse
@@ -44,6 +44,15 @@ class EvictionRule:
         """The entry to evict among unpinned ones, or None if every entry is pinned."""
         raise NotImplementedError
 
+    def replace(self, key: int, pos: int, is_pinned: IsPinned) -> int | None:
+        """Evict the victim and insert ``key`` at ``pos`` in its place; returns the victim (None, and no
+        change, if every entry is pinned). One call per eviction: the cache does this for every copy."""
+        victim = self.victim(is_pinned)
+        if victim is not None:
+            self.remove(victim)
+            self.insert(key, pos)
+        return victim
+
 
 class LRU(EvictionRule):
     """Least recently used (insertion counts as a use)."""
@@ -60,9 +69,7 @@ class LRU(EvictionRule):
         self._order.move_to_end(key)
 
     def touch_all(self, keys: Iterable[int], pos: int) -> None:
-        move_to_end = self._order.move_to_end
-        for key in keys:
-            move_to_end(key)
+        deque(map(self._order.move_to_end, keys), 0)  # a loop in C: this runs at every router
 
     def remove(self, key: int) -> None:
         del self._order[key]
@@ -71,6 +78,15 @@ class LRU(EvictionRule):
         for key in self._order:
             if not is_pinned(key):
                 return key
+        return None
+
+    def replace(self, key: int, pos: int, is_pinned: IsPinned) -> int | None:
+        order = self._order
+        for victim in order:
+            if not is_pinned(victim):
+                del order[victim]
+                order[key] = None
+                return victim
         return None
 
 

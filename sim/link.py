@@ -24,13 +24,13 @@ may advance the link to any time once it knows every submission before that time
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Sequence
+from heapq import heappop, heappush
 
 from sim.controller import FetchRequest
 
-QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)
+QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)  # ordered: state <= BLOCKED means not started yet
 INF = float("inf")
 
 
@@ -103,10 +103,10 @@ class Link:
             return
         if at_s > self.now:
             self.advance(at_s)
+        self.pending += len(transfers)
+        self.submitted += len(transfers)
         last_in_slot, free, queue = self._last_in_slot, self._free, self._queue
         for transfer in transfers:
-            self.pending += 1
-            self.submitted += 1
             slot = transfer.slot
             previous = last_in_slot.get(slot)
             last_in_slot[slot] = transfer
@@ -126,9 +126,16 @@ class Link:
                 transfer.setup_end = now + self.latency_s
                 self._setup.append(transfer)
             else:
-                heapq.heappush(queue, (transfer.priority, transfer.seq, transfer))
+                heappush(queue, (transfer.priority, transfer.seq, transfer))
                 if free:
                     self._dispatch()
+
+    def promote_all(self, transfers: Sequence[Transfer], priority: int = 0) -> None:
+        """``promote`` each of ``transfers`` that is still waiting (one call per router: most late copies
+        are already moving)."""
+        for transfer in transfers:
+            if priority < transfer.priority and transfer.state <= BLOCKED:
+                self.promote(transfer, priority)
 
     def promote(self, transfer: Transfer, priority: int = 0) -> None:
         """Make a waiting copy at least as urgent as ``priority`` (a late prefetch became a demand)."""
@@ -136,19 +143,20 @@ class Link:
             return
         transfer.priority = priority
         if transfer.state == QUEUED:
-            heapq.heappush(self._queue, (priority, transfer.seq, transfer))
+            heappush(self._queue, (priority, transfer.seq, transfer))
             return
         self.promote(transfer.waits_for, priority)  # blocked: hurry the copy it waits for
 
     def _dispatch(self) -> None:
-        queue, free = self._queue, self._free
+        """Start queued copies on free engines, most urgent first, at the link's current time."""
+        queue, free, now = self._queue, self._free, self.now
         while free and queue:
-            priority, _, transfer = heapq.heappop(queue)
+            priority, _, transfer = heappop(queue)
             if transfer.state != QUEUED or priority != transfer.priority:
                 continue  # stale entry (promoted or already started)
             transfer.state = SETUP
             transfer.engine = free.pop()
-            transfer.start_s = now = self.now
+            transfer.start_s = now
             transfer.setup_end = now + self.latency_s
             self._setup.append(transfer)
 
@@ -250,5 +258,5 @@ class Link:
         for waiting in transfer.blocked:
             waiting.state = QUEUED
             waiting.waits_for = None
-            heapq.heappush(self._queue, (waiting.priority, waiting.seq, waiting))
+            heappush(self._queue, (waiting.priority, waiting.seq, waiting))
         transfer.blocked = None

@@ -151,7 +151,10 @@ class RankedPrefetch(Policy):
 
     def on_prediction_ready(self, step: Step, j: int) -> Actions:
         experts = step.top(self.source, j, self.m)
-        return (PrefetchAction(j, experts),) if experts else NO_ACTIONS
+        if not experts:
+            return NO_ACTIONS
+        # PrefetchAction(j, experts) without the generated Python __new__ (this runs at every layer)
+        return (tuple.__new__(PrefetchAction, (j, experts, PREFETCH)),)
 
 
 class ConfidencePrefetch(RankedPrefetch):

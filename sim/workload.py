@@ -149,10 +149,10 @@ class Workload:
 
     def step(self, s: int) -> Step:
         tokens = self.step_tokens[s]
-        context_total = int(self._context[tokens].sum())
         experts = self.trace.experts
-        if len(tokens) == 1:
+        if len(tokens) == 1:  # (no numpy reduction for one token: this runs once per decode step)
             t = int(tokens[0])
+            context_total = int(self._context[t])
             needed = experts[t].tolist()
             counts = [[1] * len(row) for row in needed]
             step = Step(s, tokens, context_total, needed, counts)
@@ -163,6 +163,7 @@ class Workload:
                 if name in self._score_arrays:
                     step.scores[name] = self._score_arrays[name][t].tolist()
             return step
+        context_total = int(self._context[tokens].sum())
         needed, counts = _union_with_counts(experts[tokens])
         step = Step(s, tokens, context_total, needed, counts)
         for name, array in self._source_arrays.items():
