@@ -129,24 +129,19 @@ def test_the_live_executor_refuses_what_it_cannot_run(trace, model) -> None:
         )
 
 
+def _on_demand_on_the_cpu(model, trace, options: SimOptions):
+    hardware, cache = load_profile("h200"), CacheConfig(fraction=0.25)
+    return live.run_live(
+        model, trace, hardware, cache, PolicySpec("on-demand"), options, live.LiveOptions(device="cpu")
+    )
+
+
 def test_a_warm_up_as_long_as_the_run_is_refused_like_the_simulator(model, trace) -> None:
     with pytest.raises(ValueError, match="leaves no decode step"):
-        live.run_live(
-            model,
-            trace,
-            load_profile("h200"),
-            CacheConfig(fraction=0.5),
-            PolicySpec("on-demand"),
-            SimOptions(warmup_steps=10_000),
-            live.LiveOptions(device="cpu"),
-        )
+        _on_demand_on_the_cpu(model, trace, SimOptions(warmup_steps=10_000))
 
 
 def test_the_host_time_breakdown_is_reported_and_adds_up(model, trace) -> None:
-    result = live.run_live(
-        model, trace, load_profile("h200"), CacheConfig(fraction=0.25), PolicySpec("on-demand"),
-        SimOptions(), live.LiveOptions(device="cpu"),
-    )  # fmt: skip
-    c = result.counters
+    c = _on_demand_on_the_cpu(model, trace, SimOptions()).counters
     assert c["host_loop_us"] > 0
     assert 0 <= c["host_wait_engine_us"] + c["host_wait_gpu_us"] <= c["host_loop_us"]
