@@ -210,8 +210,11 @@ def _shipped_inputs() -> ReportInputs:
     validation section only)."""
     shipped = [d for d in (DATA_DIR, ACCURACY_DIR) if d.is_dir() and find_result_files([d])]
     inputs = load_inputs(shipped) if shipped else ReportInputs()
-    if VALIDATION_DIR.is_dir() and find_result_files([VALIDATION_DIR]):
-        validation = load_inputs([VALIDATION_DIR])
+    # the committed validation table's own runs (the folder's top level, as the package ships it; probes
+    # in its subfolders are read by their own READMEs, not by the demo)
+    validation_files = sorted(VALIDATION_DIR.glob("*.parquet")) if VALIDATION_DIR.is_dir() else []
+    if validation_files:
+        validation = load_inputs(validation_files)
         inputs.runs += [dataclasses.replace(r, validation_only=True) for r in validation.runs]
     return inputs
 
