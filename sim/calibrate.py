@@ -555,6 +555,15 @@ def host_run_setup(kind: str) -> tuple[Any, Any, Any]:
     raise ValueError(f"unknown host run kind {kind!r}")
 
 
+def host_workload(shape: ModelShape) -> tuple[ModelShape, Any]:
+    """The truncated model and the synthetic trace every host-cost run decodes (rebuilt from code, so
+    a kept run can be simulated again later)."""
+    from sim.validate import synthetic_trace
+
+    small = truncated_shape(shape)
+    return small, synthetic_trace(small, HOST_TOKENS)
+
+
 def record_host_run(
     shape: ModelShape,
     kind: str,
@@ -565,10 +574,8 @@ def record_host_run(
 ) -> HostRun:
     """Decode the synthetic host-cost trace live on a truncated copy of ``shape`` (GPU side)."""
     from sim import live
-    from sim.validate import synthetic_trace
 
-    small = truncated_shape(shape)
-    trace = synthetic_trace(small, HOST_TOKENS)
+    small, trace = host_workload(shape)
     what = "time per layer" if kind == "layer" else "time per copy"
     progress(f"host {what} of {shape.name} (live decode, {small.num_moe_layers} layers)")
     cache, policy, options = host_run_setup(kind)
@@ -593,25 +600,22 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
       underestimated about fivefold on the H200.
     """
     from sim.simulation import simulate
-    from sim.validate import synthetic_trace
 
     runs = {(r.shape, r.kind): np.asarray(r.step_latency_s) for r in result.host_runs}
     result.issue_s, result.host_layer_s = 0.0, {}
+    ops_only = to_profile(result, shapes)  # the measured ops, no host costs yet
     for shape in shapes:
         if (shape.name, "layer") not in runs:
             continue
-        small = truncated_shape(shape)
-        simulated = simulate(
-            synthetic_trace(small, HOST_TOKENS), small, to_profile(result, shapes), *host_run_setup("layer")
-        )
+        small, trace = host_workload(shape)
+        simulated = simulate(trace, small, ops_only, *host_run_setup("layer"))
         diff = (runs[shape.name, "layer"] - simulated.step_latency_s)[HOST_WARMUP_STEPS:]
         result.host_layer_s[shape.name] = float(np.median(diff)) / small.num_moe_layers
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
         return
     shape, latency = copy_runs[0]
-    small = truncated_shape(shape)
-    trace = synthetic_trace(small, HOST_TOKENS)
+    small, trace = host_workload(shape)
     setup = host_run_setup("copy")
     profile = to_profile(result, shapes)
     target = float(latency[HOST_WARMUP_STEPS:].mean())
