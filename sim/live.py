@@ -19,6 +19,10 @@ Host-side scheduling mirrors the simulator's link model (sim.link):
   waits outside the queue, as in the simulator;
 - the MoE block runs shared experts, then hits in router order, then the other experts in the order
   their copies land (started copies in start order, then waiting ones in queue order);
+- when the MoE block needs a copy that still waits for an engine, the host does not spin until one
+  frees: it commits the copy behind the engine that frees first (the copy stream's order then starts it
+  the moment that engine's last copy lands, as the simulator's link would) and goes on launching work;
+  a copy into a slot whose previous copy is still in flight is committed behind that copy;
 - the host polls copy completions (``transfer_finished``) between kernel launches and while it waits,
   and stays at most one MoE layer ahead of the GPU.
 
@@ -42,6 +46,7 @@ import gc
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -266,7 +271,18 @@ class _Gate:
 
 
 class _Transfer:
-    __slots__ = ("done", "engine", "gate", "previous", "priority", "request", "seq", "start", "state")
+    __slots__ = (
+        "done",
+        "engine",
+        "gate",
+        "order",
+        "previous",
+        "priority",
+        "request",
+        "seq",
+        "start",
+        "state",
+    )
 
     def __init__(self, request: FetchRequest, gate: _Gate, previous: _Transfer | None) -> None:
         self.request = request
@@ -276,12 +292,18 @@ class _Transfer:
         self.previous = previous  # the last transfer into the same slot, until it has landed
         self.state = PENDING
         self.engine = -1
+        self.order = -1  # commit order (the queue's transfer count when it was committed)
         self.start: Any = None
         self.done: Any = None
 
 
 class _CopyQueue:
-    """Host-side copy scheduling that mirrors sim.link (see the module docstring)."""
+    """Host-side copy scheduling that mirrors sim.link (see the module docstring).
+
+    Each engine (copy stream) holds a FIFO of committed copies: normally at most one, more when the MoE
+    block commits a needed copy ahead of a free engine (``commit``); an engine is free when its FIFO is
+    empty.
+    """
 
     def __init__(
         self,
@@ -296,14 +318,15 @@ class _CopyQueue:
         self.host = host
         self.on_landed = on_landed
         self.timeline = timeline
-        self.engines: list[_Transfer | None] = [None] * len(dev.copy)
+        self.engines: list[deque[_Transfer]] = [deque() for _ in dev.copy]
         self.pending: list[tuple[int, int, _Transfer]] = []
         self.by_seq: dict[int, _Transfer] = {}
         self.last_in_slot: dict[int, _Transfer] = {}
-        self.started: list[_Transfer] = []  # in start order, until landed
+        self.started: list[_Transfer] = []  # in commit order, until landed
         self.transfers = 0
-        #: host seconds spent spinning for a free copy engine / for the GPU to catch up
-        self.engine_wait_s = 0.0
+        #: copies committed behind a busy engine by ``commit``
+        self.early_commits = 0
+        #: host seconds spent spinning for the GPU to catch up (the one-layer-ahead rule)
         self.gpu_wait_s = 0.0
 
     def submit(self, requests: list[FetchRequest], gate: _Gate) -> None:
@@ -332,29 +355,39 @@ class _CopyQueue:
 
     def pump(self) -> None:
         """Collect landed copies, then start waiting ones on free engines (best first, if eligible)."""
-        dev = self.dev
-        engines = self.engines
-        for i, transfer in enumerate(engines):
-            if transfer is not None and dev.passed(transfer.done):
+        passed = self.dev.passed
+        free = False
+        for fifo in self.engines:
+            while fifo and passed(fifo[0].done):
+                transfer = fifo.popleft()
                 transfer.state = LANDED
-                engines[i] = None
                 self.started.remove(transfer)
                 self.by_seq.pop(transfer.seq, None)
                 self.on_landed(transfer.request)
-        if not self.pending or None not in engines:
+            free = free or not fifo
+        if not self.pending or not free:
             return
         skipped = []
         pending = self.pending
-        while pending and None in engines:
+        while pending:
+            engine = self._free_engine()
+            if engine < 0:
+                break
             priority, _, transfer = heapq.heappop(pending)
             if transfer.state != PENDING or priority != transfer.priority:
                 continue  # stale heap entry
             if not self._eligible(transfer):
                 skipped.append((priority, transfer.seq, transfer))
                 continue
-            self._start(transfer, engines.index(None))
+            self._start(transfer, engine)
         for item in skipped:
             heapq.heappush(pending, item)
+
+    def _free_engine(self) -> int:
+        for engine, fifo in enumerate(self.engines):
+            if not fifo:
+                return engine
+        return -1
 
     def _eligible(self, transfer: _Transfer) -> bool:
         """A copy may take an engine once the previous copy into its slot has landed (its gate is
@@ -365,6 +398,31 @@ class _CopyQueue:
                 return False
             transfer.previous = None
         return True
+
+    def commit(self, transfer: _Transfer) -> None:
+        """Put a copy the MoE block needs now on a copy stream without waiting for a free engine: behind
+        the previous copy into its slot if that one is still in flight (stream order keeps the slot's
+        copies in order), else behind the engine expected to free first (fewest committed copies, then
+        the oldest last commit: on a serial link copies move in commit order)."""
+        if transfer.state != PENDING:
+            return
+        self.pump()
+        if transfer.state != PENDING:
+            return
+        previous = transfer.previous
+        if previous is not None and previous.state == PENDING:
+            self.commit(previous)
+        if previous is not None and previous.state == STARTED:
+            engine = previous.engine
+        else:
+            engine = min(
+                range(len(self.engines)),
+                key=lambda e: (len(self.engines[e]), self.engines[e][-1].order if self.engines[e] else -1),
+            )
+        transfer.previous = None
+        if self.engines[engine]:
+            self.early_commits += 1
+        self._start(transfer, engine)
 
     def _start(self, transfer: _Transfer, engine: int) -> None:
         request = transfer.request
@@ -377,21 +435,12 @@ class _CopyQueue:
         )
         transfer.state = STARTED
         transfer.engine = engine
-        self.engines[engine] = transfer
+        transfer.order = self.transfers
+        self.engines[engine].append(transfer)
         self.started.append(transfer)
         self.transfers += 1
         if self.timeline.on:
             self.timeline.copy(transfer)
-
-    def wait_started(self, transfer: _Transfer) -> None:
-        """Spin (polling) until ``transfer`` is on an engine (the host time spent here is counted in
-        ``engine_wait_s``)."""
-        if transfer.state != PENDING:
-            return
-        started = time.perf_counter()
-        while transfer.state == PENDING:
-            self.pump()
-        self.engine_wait_s += time.perf_counter() - started
 
     def wait_until(self, marker: Any) -> None:
         """Spin (polling) until the GPU passed ``marker`` (counted in ``gpu_wait_s``)."""
@@ -404,7 +453,7 @@ class _CopyQueue:
         self.gpu_wait_s += time.perf_counter() - started
 
     def drain(self) -> None:
-        while self.pending or any(t is not None for t in self.engines):
+        while self.pending or any(self.engines):
             self.pump()
 
     def landing_order(self, requests: list[FetchRequest]) -> list[int]:
@@ -666,10 +715,10 @@ def run_live(
             "cache_slots": controller.cache.num_slots,
             "slots_used": counters.slots_used,
             "live_transfers": decode.queue.transfers,
+            "copies_committed_early": decode.queue.early_commits,
             # where the host thread's time went over the whole measured decode (warm-up steps included),
-            # in microseconds: spinning for a copy engine, spinning for the GPU to catch up (the
-            # one-layer-ahead rule), and the loop in all (the rest is the host's own work and the drain)
-            "host_wait_engine_us": round(decode.queue.engine_wait_s * 1e6),
+            # in microseconds: spinning for the GPU to catch up (the one-layer-ahead rule) and the loop in
+            # all (the rest is the host's own work and the drain)
             "host_wait_gpu_us": round(decode.queue.gpu_wait_s * 1e6),
             "host_loop_us": round(host_loop_s * 1e6),
         },
@@ -853,7 +902,7 @@ class _Decode:
             i = waiting[w]
             transfer = queue.by_seq.get(requests[w].seq)
             if transfer is not None:
-                queue.wait_started(transfer)
+                queue.commit(transfer)
                 if transfer.state != LANDED:
                     before = dev.marker(timing=True) if tl else None
                     dev.wait(dev.compute, transfer.done)
