@@ -25,15 +25,7 @@ import os
 import statistics
 import time
 
-
-def work(n: int) -> int:
-    """A fixed amount of interpreter work (dict and list traffic, like a decode loop's bookkeeping)."""
-    d: dict[int, int] = {}
-    acc = 0
-    for i in range(n):
-        d[i & 1023] = i
-        acc += d.get((i * 7) & 1023, 0) & 7
-    return acc
+from sim.host_speed import work
 
 
 def cpu_times() -> dict[str, int]:

@@ -5,7 +5,7 @@ minutes (reports/validation/session3/). If a cheap probe of the host's speed mov
 simulator could take the host's speed as a measured input per run (as it takes the link's bandwidth).
 This script decodes one shape's configurations again and again on CPU A while
 
-- a background process runs fixed pure-Python work (``bench_host_stability.work``) in 10 ms chunks on
+- a background process runs fixed pure-Python work (``sim.host_speed.work``) in 10 ms chunks on
   CPU B for the whole time (does the machine slow down as a whole?), and
 - the decoding process times the same work for 0.2 s on CPU A right before each run (does the core it
   runs on predict the run?),
@@ -28,8 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from sim.host_speed import work
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_host_stability import calibrate_iterations, work
+from bench_host_stability import calibrate_iterations
 
 CHUNK_S = 0.01
 

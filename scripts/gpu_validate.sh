@@ -11,7 +11,10 @@
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
 # The live executor is host-bound at batch 1, so it runs at the speed of the CPU it is on; the H200 VM's
 # vCPUs differed by 40% and an unpinned process wandered between them. Calibration and validation are
-# therefore pinned to the same fastest pair of CPUs (CPUS overrides: a taskset list, or "none").
+# therefore pinned to the same fastest pair of CPUs (CPUS overrides: a taskset list, or "none"). Even a
+# pinned vCPU switched between two speeds 2x apart for seconds at a time, so calibration waits for the
+# fast level before each host-bound measurement (HOST_GATE_S, default 30 s per wait; 0: never) and a grid
+# with host_gate_timeout_s does the same before each live run (sim/host_speed.py).
 # Leaves 4 files in $OUT: h200.toml, calibration.json, log.txt and validation/live.parquet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +40,7 @@ PIN=()
     shape_args=()
     for s in $SHAPES; do shape_args+=(--model-shape "$s"); done
     "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
-        --out "$OUT/h200.toml" --raw "$OUT/calibration.json"
+        --out "$OUT/h200.toml" --raw "$OUT/calibration.json" --host-gate-timeout "${HOST_GATE_S:-30}"
     echo "calibration took ${SECONDS}s"
     SECONDS=0
     "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \

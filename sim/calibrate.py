@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sim.host_speed import HostGate
 from traces.schema import ModelShape
 
 if TYPE_CHECKING:
@@ -162,6 +163,10 @@ class Calibration:
     host_layer_s: dict[str, float] = field(default_factory=dict)
     #: the live runs those two were fitted to
     host_runs: list[HostRun] = field(default_factory=list)
+    #: the host core's fast-level probe (sim.host_speed; 0: not gated) and every gate on the way:
+    #: {"phase", "probe_s", "waited_s", "timed_out"}
+    host_probe_s: float = 0.0
+    host_gates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -672,9 +677,12 @@ def calibrate(
     effort: Effort | None = None,
     progress: Callable[[str], None] | None = None,
     host_costs: bool = True,
+    host_gate_timeout_s: float = 0.0,
 ) -> Calibration:
     """Run every measurement on ``device`` ("auto": cuda if available) for the given model shapes;
-    ``host_costs`` also measures the live executor's host costs (needs the simulator, i.e. simpy)."""
+    ``host_costs`` also measures the live executor's host costs (needs the simulator, i.e. simpy).
+    ``host_gate_timeout_s`` > 0: the host-bound measurements (launch overhead, each shape's ops, each
+    host-cost run) first wait, up to that long, for the host core's fast level (sim.host_speed)."""
     import torch
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
@@ -683,9 +691,11 @@ def calibrate(
     effort = effort or Effort()
     watch = Stopwatch(dev, effort)
     say = progress or (lambda _msg: None)
+    gate = _PhaseGate(host_gate_timeout_s, say)
     copy_sizes = set(effort.copy_sizes) | {s.bytes_per_expert for s in shapes}
     with torch.inference_mode():
         say("launch overhead, matmul rate, device bandwidth")
+        gate("launch overhead")
         launch = measure_launch_overhead(watch)
         tflops = measure_matmul_tflops(watch, effort.matmul_n)
         hbm = measure_device_bandwidth(watch, effort.bandwidth_bytes)
@@ -696,6 +706,7 @@ def calibrate(
         timings = {}
         for shape in shapes:
             say(f"decode ops of {shape.name}")
+            gate(f"ops {shape.name}")
             timings[shape.name] = measure_shape(watch, shape, effort)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -715,16 +726,53 @@ def calibrate(
     if host_costs:
         say("host costs of the live executor")
         try:
-            _measure_host_costs(result, shapes, dev, effort, say)
+            _measure_host_costs(result, shapes, dev, effort, say, gate)
         except Exception as exc:  # the op and copy measurements above stay valid without them
             result.notes = f"host costs NOT measured ({type(exc).__name__}: {exc})"
             result.issue_s, result.host_layer_s, result.host_runs = 0.0, {}, []
             say(f"WARNING: {result.notes}")
+    result.host_probe_s, result.host_gates = gate.record()
     return result
 
 
+class _PhaseGate:
+    """Calibration's use of sim.host_speed.HostGate: one wait per host-bound phase, logged by name
+    (a no-op when ``timeout_s`` is 0)."""
+
+    def __init__(self, timeout_s: float, say: Callable[[str], None]) -> None:
+        self.gate = HostGate(timeout_s=timeout_s) if timeout_s > 0 else None
+        self.say = say
+        self.phases: list[str] = []
+
+    def __call__(self, phase: str) -> None:
+        if self.gate is None:
+            return
+        if not self.phases:
+            self.gate.settle()
+        result = self.gate.wait()
+        self.phases.append(phase)
+        if result.waited_s > 0.05 or result.timed_out:
+            slow = " (gave up: still slow)" if result.timed_out else ""
+            self.say(f"host gate: waited {result.waited_s:.1f} s for the fast level before {phase}{slow}")
+
+    def record(self) -> tuple[float, list[dict[str, Any]]]:
+        """(fastest probe seen, one entry per gated phase) for the Calibration."""
+        if self.gate is None:
+            return 0.0, []
+        gates = [
+            {"phase": p, "probe_s": r.probe_s, "waited_s": r.waited_s, "timed_out": r.timed_out}
+            for p, r in zip(self.phases, self.gate.results, strict=True)
+        ]
+        return self.gate.reference_s, gates
+
+
 def _measure_host_costs(
-    result: Calibration, shapes: Sequence[ModelShape], dev: Any, effort: Effort, say: Callable[[str], None]
+    result: Calibration,
+    shapes: Sequence[ModelShape],
+    dev: Any,
+    effort: Effort,
+    say: Callable[[str], None],
+    gate: _PhaseGate,
 ) -> None:
     """Record the host-cost runs live (a resident run per shape, an oracle run of the first shape),
     then fit the host costs to them (``fit_host_costs``)."""
@@ -734,6 +782,7 @@ def _measure_host_costs(
     engines = provisional.copy.engines
     jobs = [(shape, "layer") for shape in shapes] + [(shapes[0], "copy")]
     for shape, kind in jobs:
+        gate(f"host {kind} {shape.name}")
         result.host_runs.append(record_host_run(shape, kind, provisional, dev, engines, say))
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -814,6 +863,13 @@ def to_profile(
         "of (live - simulated) step time per MoE layer of a resident run of the first 4 MoE layers; "
         "copy.issue_s = the host time per copy at which the simulator matches a live oracle run of the first "
         "shape into a quarter-size cache (bisection)."
+        + (
+            f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
+            f"core's fast level first (sim.host_speed probe {result.host_probe_s * 1e6:.0f} us; "
+            f"{sum(g['waited_s'] for g in result.host_gates):.1f} s of waiting)."
+            if result.host_probe_s
+            else ""
+        )
     )
     return HardwareProfile(
         meta=ProfileMeta(
@@ -824,6 +880,7 @@ def to_profile(
             torch=result.torch_version,
             date=result.date,
             notes=notes,
+            host_probe_s=result.host_probe_s,
         ),
         copy=CopyProfile(
             latency_s=latency_s,
@@ -873,6 +930,11 @@ def summary_text(result: Calibration) -> str:
         per_layer = ", ".join(f"{k} {v * 1e6:+.0f} us" for k, v in result.host_layer_s.items())
         lines.append(
             f"live executor host costs: {result.issue_s * 1e6:.1f} us per copy; per layer {per_layer}"
+        )
+    if result.host_gates:
+        probes = ", ".join(f"{g['phase']} {g['probe_s'] * 1e6:.0f}" for g in result.host_gates)
+        lines.append(
+            f"host gate: fast-level probe {result.host_probe_s * 1e6:.0f} us; at each phase (us): {probes}"
         )
     for name, t in result.shapes.items():
         lines.append(

@@ -93,6 +93,8 @@ class ProfileMeta:
     torch: str = ""
     date: str = ""
     notes: str = ""
+    #: the host core's fast-level probe time at calibration (sim.host_speed; 0: not measured)
+    host_probe_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,8 @@ class HardwareProfile:
             del doc["copy"]["serial"]  # keeps run keys of profiles without the field unchanged
         if not self.copy.issue_s:
             del doc["copy"]["issue_s"]
+        if not self.meta.host_probe_s:
+            del doc["meta"]["host_probe_s"]
         return doc
 
     @classmethod

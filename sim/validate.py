@@ -43,6 +43,7 @@ import numpy as np
 from sim.cache import CacheConfig
 from sim.config import SimOptions
 from sim.hardware import HardwareProfile, load_profile
+from sim.host_speed import GateResult, HostGate
 from sim.policies import PolicySpec
 from sim.results import SimResult
 from sim.retarget import retarget_trace
@@ -85,6 +86,8 @@ class Grid:
     warmup_steps: int = 4
     timeline_steps: int = 0
     passes: int = 2
+    #: > 0: before each live run, wait up to this long for the host core's fast level (sim.host_speed)
+    host_gate_timeout_s: float = 0.0
 
     def options(self) -> SimOptions:
         return SimOptions(warmup_steps=self.warmup_steps, timeline_steps=self.timeline_steps)
@@ -110,6 +113,8 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
         PolicySpec.parse(name)
     if grid.passes < 1:
         raise InputError(path, f"passes must be >= 1, got {grid.passes}")
+    if grid.host_gate_timeout_s < 0:
+        raise InputError(path, f"host_gate_timeout_s must be >= 0, got {grid.host_gate_timeout_s}")
     if not grid.shapes:
         raise InputError(path, "the grid names no shapes")
     return grid
@@ -177,15 +182,24 @@ def run_live_grid(
     alternately forward and backward, so that a slow drift of the host's speed during the runs (seen on
     the H200 VM) lands on every configuration alike instead of on the late ones. Each result carries its
     pass in ``counters["live_pass"]``; ``compare`` pools the passes and reports their spread.
+
+    With ``grid.host_gate_timeout_s`` > 0 every run waits for the host core's fast level first
+    (``sim.host_speed.HostGate``, seeded with the calibration's probe from ``hardware.meta``) and records
+    the probe before and after it (``GATE_COUNTERS``): a run that ends on a slow probe met a change of
+    level while it ran.
     """
     from sim import live
 
     say = progress or (lambda _m: None)
     live_options = live_options or live.LiveOptions()
+    gate = None
+    if grid.host_gate_timeout_s > 0:
+        gate = HostGate(hardware.meta.host_probe_s or None, timeout_s=grid.host_gate_timeout_s)
+        gate.settle()
     results: list[SimResult] = []
     for run in grid.shapes:
         try:
-            results.extend(_live_shape(run, grid, hardware, live_options, base_dir, say))
+            results.extend(_live_shape(run, grid, hardware, live_options, base_dir, say, gate))
         except InputError:
             raise
         except Exception as exc:  # one shape's failure (e.g. out of memory) must not lose the others
@@ -203,6 +217,7 @@ def _live_shape(
     live_options: Any,
     base_dir: str | os.PathLike[str],
     say: Callable[[str], None],
+    gate: HostGate | None,
 ) -> list[SimResult]:
     from sim import live
 
@@ -232,10 +247,38 @@ def _live_shape(
     for p in range(grid.passes):
         for spec, fraction in points if p % 2 == 0 else points[::-1]:
             say(f"{shape.name}: pass {p + 1}/{grid.passes}: live {spec.label()} at {fraction:g} of experts")
+            before = gate.wait() if gate is not None else None
             result = live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
             result.counters[PASS_COUNTER] = p
+            if gate is not None and before is not None:
+                result.counters |= _gate_counters(gate, before, gate.probe())
             results.append(result)
     return results
+
+
+def _gate_counters(gate: HostGate, before: GateResult, after_s: float) -> dict[str, Any]:
+    """What the host gate saw around one live run (microseconds, milliseconds, flags)."""
+    return {
+        "host_probe_us": round(before.probe_s * 1e6, 1),
+        "host_probe_after_us": round(after_s * 1e6, 1),
+        "host_gate_wait_ms": round(before.waited_s * 1e3, 1),
+        "host_gate_timed_out": int(before.timed_out),
+        "host_slow_after": int(not gate.fast(after_s)),
+    }
+
+
+def gate_summary(live: Sequence[SimResult]) -> dict[str, Any]:
+    """Host-gate totals over live runs: how many were gated, the waits, and how many started or ended
+    on the slow level (empty when no run was gated)."""
+    gated = [r.counters for r in live if "host_probe_us" in r.counters]
+    if not gated:
+        return {}
+    return {
+        "gated_runs": len(gated),
+        "gate_wait_s": round(sum(c["host_gate_wait_ms"] for c in gated) / 1e3, 1),
+        "gate_timeouts": sum(c["host_gate_timed_out"] for c in gated),
+        "slow_after": sum(c["host_slow_after"] for c in gated),
+    }
 
 
 def _release_gpu() -> None:

@@ -132,3 +132,30 @@ def test_refit_refuses_a_raw_file_without_the_shape_or_without_host_runs(tmp_pat
         code = main(["calibrate", "--model-shape", shape, "--out", str(out), "--refit", str(raw)])
         assert code == 2 and problem in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_gated_calibration_waits_before_each_host_bound_phase_and_records_the_fast_level(
+    monkeypatch,
+) -> None:
+    from sim import host_speed
+
+    monkeypatch.setattr(host_speed, "probe_s", lambda: 2e-3)
+    monkeypatch.setattr(host_speed, "SETTLE_S", 0.0)
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_gate_timeout_s=1.0)
+    phases = [g["phase"] for g in result.host_gates]
+    assert phases == [
+        "launch overhead",
+        f"ops {TINY.name}",
+        f"host layer {TINY.name}",
+        f"host copy {TINY.name}",
+    ]
+    assert result.host_probe_s == 2e-3 and not any(g["timed_out"] for g in result.host_gates)
+    profile = cal.to_profile(result, [TINY])
+    assert profile.meta.host_probe_s == 2e-3 and "fast level" in profile.meta.notes
+    assert cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_an_ungated_calibration_leaves_no_host_probe_in_the_profile() -> None:
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
+    assert result.host_probe_s == 0.0 and result.host_gates == []
+    assert "host_probe_s" not in cal.to_profile(result, [TINY]).to_dict()["meta"]

@@ -159,7 +159,8 @@ def test_pass_lists_are_one_csv_field(results, tmp_path) -> None:
     assert all(len(line.split(",")) == len(header.split(",")) for line in lines)
 
 
-def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_path) -> None:
+def _tiny_grid(tmp_path, **changes) -> v.Grid:
+    """A grid of three policies on a tiny Qwen3-like config written to ``tmp_path``."""
     config = {
         "_name_or_path": "tiny-qwen3-moe",
         "model_type": "qwen3_moe",
@@ -183,6 +184,11 @@ def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_pat
         warmup_steps=1,
         passes=2,
     )
+    return dataclasses.replace(grid, **changes)
+
+
+def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_path) -> None:
+    grid = _tiny_grid(tmp_path)
     from sim.live import LiveOptions
 
     hardware = load_profile("h200")
@@ -209,3 +215,31 @@ def test_policies_the_simulator_ties_are_no_ranking_disagreement(results) -> Non
     faster_live = {**twin, "sim_mean_ms": twin["sim_mean_ms"] * 0.9}
     (rank,) = v.rankings([*group, faster_live])
     assert not rank["same"] and rank["swapped_pairs"][0]["pair"] == [group[0]["policy"], "twin"]
+
+
+def test_a_gated_grid_waits_for_the_fast_host_and_records_the_probes(tmp_path, monkeypatch) -> None:
+    from sim import host_speed
+    from sim.live import LiveOptions
+
+    probes = [1e-3, 3e-3, 3e-3, 3e-3, 1e-3]  # run 1: fast, ends slow; run 2: waits twice, then fast
+    monkeypatch.setattr(host_speed, "probe_s", lambda: probes.pop(0) if probes else 1e-3)
+    monkeypatch.setattr(host_speed, "SETTLE_S", 0.0)
+    grid = _tiny_grid(tmp_path, passes=1, host_gate_timeout_s=5.0)
+    live = v.run_live_grid(grid, load_profile("h200"), LiveOptions(device="cpu", warmup_steps=1))
+    first, second, third = (r.counters for r in live)
+    assert first["host_probe_us"] == 1000.0 and first["host_slow_after"] == 1
+    assert second["host_probe_us"] == 1000.0 and second["host_gate_wait_ms"] >= 0.0
+    assert third["host_slow_after"] == 0 and not any(c["host_gate_timed_out"] for c in (first, second, third))
+    summary = v.gate_summary(live)
+    assert (summary["gated_runs"], summary["gate_timeouts"], summary["slow_after"]) == (3, 0, 1)
+    assert v.gate_summary([dataclasses.replace(r, counters={}) for r in live]) == {}
+
+
+def test_a_negative_gate_timeout_is_refused_with_the_file_named(tmp_path) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        '[validate]\nhardware = "h200"\nhost_gate_timeout_s = -1\n'
+        'shapes = [{shape = "x", trace = "synthetic", tokens = 4}]\n'
+    )
+    with pytest.raises(InputError, match=r"grid\.toml: host_gate_timeout_s must be >= 0"):
+        v.load_grid(path)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moe_prefetch.argtypes import non_negative_float
 from traces.fileio import InputError, write_text_atomic
 
 if TYPE_CHECKING:
@@ -58,6 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the live executor's host costs (per-copy issue time, per-layer loop time); these need "
         "the simulator (simpy) on the GPU machine",
+    )
+    parser.add_argument(
+        "--host-gate-timeout",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each host-bound measurement wait up to SECONDS for the host core's fast level "
+        "(on VMs whose vCPUs switch speed; see sim/host_speed.py); 0, the default, never waits",
     )
     parser.add_argument(
         "--refit",
@@ -103,6 +112,7 @@ def _measure(args: argparse.Namespace, shapes: list[ModelShape]) -> Calibration:
         device=args.device,
         effort=effort,
         host_costs=not args.no_host_costs,
+        host_gate_timeout_s=args.host_gate_timeout,
         progress=lambda m: print(f"calibrate: {m}", file=sys.stderr),
     )
 

@@ -6,6 +6,9 @@ sim.parquet (full results, the simulator's record format), validation.md (the ta
 configuration, both clocks, errors, hit/miss counts, bytes moved), validation.csv and validation.json
 (with policy rankings, live findings and provenance).
 
+A grid with ``host_gate_timeout_s`` > 0 makes every live run wait for the host core's fast level first
+(sim/host_speed.py: on the H200 VMs a vCPU switched between two speeds 2x apart).
+
 --live-only stops after the live runs (for a GPU machine without simpy); --resimulate skips them and
 re-simulates the live results already in DIR, for instance with an improved profile (--hardware):
 checking a model change costs no GPU time.
@@ -91,6 +94,9 @@ def _run(args: argparse.Namespace) -> int:
         "traces": {run.shape: run.trace for run in grid.shapes},
         **live_meta,
     }
+    gates = v.gate_summary(live)
+    if gates:
+        meta["host_gate"] = gates
     summary = v.write_outputs(out, rows, ranks, v.live_findings(rows), meta)
     print(v.markdown_table(rows))
     print(
@@ -100,6 +106,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary['misses_identical_everywhere']}; rankings identical in {summary['rankings_identical']}/"
         f"{summary['ranking_groups']}; live passes spread by {summary['median_live_spread']:.1%} (median)"
     )
+    if gates:
+        print(
+            f"host gate: {gates['gated_runs']} live runs waited {gates['gate_wait_s']:.1f} s in all for the "
+            f"host's fast level ({gates['gate_timeouts']} gave up); "
+            f"{gates['slow_after']} ended on the slow level"
+        )
     return 0
 
 

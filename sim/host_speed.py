@@ -1,0 +1,101 @@
+"""How fast the host core runs right now, and a gate that waits for its fast level.
+
+At batch 1 the live executor is host-bound: its step time is the speed of the CPU core it runs on. On
+the H200 VMs a pinned vCPU switched between two speed levels about 2x apart and stayed at each for
+seconds to tens of seconds; a probe on the same core before a run predicted the run (r = 0.98 for
+DeepSeek-V2-Lite resident), a probe on another core did not (r = 0.0), and the decode slowed by 1.6x at
+the slow level (``benchmarks/bench_host_tracking.py``, reports/validation/session3/). A calibration and
+a validation grid that meet different levels disagree whatever the model, so both measure only while
+the core is at its fast level: ``HostGate.wait`` before each host-dependent measurement.
+
+The probe is a fixed amount of interpreter work (dict and list traffic, like a decode loop's
+bookkeeping), a few milliseconds long; its time is comparable between processes on the same machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+#: loop iterations of one probe chunk (about 1.5 ms on the development VM, 1 ms on the H200 host)
+PROBE_ITERATIONS = 5000
+#: seconds of probing before a gate's first wait, to find the fast level
+SETTLE_S = 3.0
+
+
+def work(n: int) -> int:
+    """A fixed amount of interpreter work (dict and list traffic, like a decode loop's bookkeeping)."""
+    d: dict[int, int] = {}
+    acc = 0
+    for i in range(n):
+        d[i & 1023] = i
+        acc += d.get((i * 7) & 1023, 0) & 7
+    return acc
+
+
+def probe_s(chunks: int = 5) -> float:
+    """Median seconds of ``chunks`` chunks of ``PROBE_ITERATIONS`` iterations of ``work``."""
+    times = []
+    for _ in range(chunks):
+        t0 = time.perf_counter()
+        work(PROBE_ITERATIONS)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One ``HostGate.wait``: the probe that let it through (or the last one), how long it waited, and
+    whether it gave up."""
+
+    probe_s: float
+    waited_s: float
+    timed_out: bool
+
+
+class HostGate:
+    """Waits until the host core runs at its fast level: a probe within ``tolerance`` of the fastest
+    probe seen (``reference_s``: the fastest so far, seeded by the caller, e.g. from the calibration
+    that made the profile). The levels seen on the H200 VMs were 2x apart, hence the default 1.25.
+    ``timeout_s`` bounds each wait; a gate that times out lets the measurement run and says so."""
+
+    def __init__(
+        self, reference_s: float | None = None, tolerance: float = 1.25, timeout_s: float = 30.0
+    ) -> None:
+        if tolerance < 1.0 or timeout_s < 0.0:
+            raise ValueError(f"need tolerance >= 1 and timeout_s >= 0, got {tolerance}, {timeout_s}")
+        self.reference_s = reference_s if reference_s and reference_s > 0 else float("inf")
+        self.tolerance = tolerance
+        self.timeout_s = timeout_s
+        self.results: list[GateResult] = []
+
+    def probe(self) -> float:
+        """One probe; it also lowers the reference if it is the fastest yet."""
+        seconds = probe_s()
+        self.reference_s = min(self.reference_s, seconds)
+        return seconds
+
+    def fast(self, seconds: float) -> bool:
+        return seconds <= self.tolerance * self.reference_s
+
+    def settle(self, seconds: float | None = None) -> None:
+        """Probe for ``seconds`` (default ``SETTLE_S``) to find the fast level before the first
+        measurement."""
+        end = time.perf_counter() + (SETTLE_S if seconds is None else seconds)
+        while time.perf_counter() < end:
+            self.probe()
+
+    def wait(self) -> GateResult:
+        """Probe until the core is at its fast level (or ``timeout_s`` passed); the result is kept in
+        ``results``."""
+        started = time.perf_counter()
+        seconds = self.probe()
+        while not self.fast(seconds) and time.perf_counter() - started < self.timeout_s:
+            seconds = self.probe()
+        result = GateResult(seconds, time.perf_counter() - started, not self.fast(seconds))
+        self.results.append(result)
+        return result
+
+
+__all__ = ["PROBE_ITERATIONS", "SETTLE_S", "GateResult", "HostGate", "probe_s", "work"]
