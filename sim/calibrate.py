@@ -136,8 +136,6 @@ class HostRun:
     shape: str
     kind: str
     step_latency_s: list[float]
-    #: MoE layers the run decoded (calibrations before the full-size runs cut every model to 4)
-    moe_layers: int = 4
 
 
 @dataclass
@@ -508,15 +506,14 @@ def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) 
     ]
 
 
-#: tokens of a host-cost run (it decodes the whole model: a run cut to its first 4 MoE layers, as
-#: calibrations did before, had 200-300 us less host time per layer than the full-size decode of the same
-#: shape in the grid, reports/validation/session3/)
+#: MoE layers of the truncated model a host-layer calibration run decodes, and its tokens
+HOST_LAYERS = 4
 HOST_TOKENS = 32
 #: leading steps of a host-cost run left out of the fits (cold cache, first launches)
 HOST_WARMUP_STEPS = 2
 
 
-def truncated_shape(shape: ModelShape, moe_layers: int) -> ModelShape:
+def truncated_shape(shape: ModelShape, moe_layers: int = HOST_LAYERS) -> ModelShape:
     """The same model (same name, so its op curves apply) cut to its first ``moe_layers`` MoE layers
     and the dense layers before them."""
     last = shape.moe_layers[min(moe_layers, shape.num_moe_layers) - 1]
@@ -563,12 +560,12 @@ def host_run_setup(kind: str) -> tuple[Any, Any, Any]:
     raise ValueError(f"unknown host run kind {kind!r}")
 
 
-def host_workload(shape: ModelShape, moe_layers: int | None = None) -> tuple[ModelShape, Any]:
-    """The model (cut to its first ``moe_layers`` MoE layers; default all of them) and the synthetic
-    trace a host-cost run decodes (rebuilt from code, so a kept run can be simulated again later)."""
+def host_workload(shape: ModelShape) -> tuple[ModelShape, Any]:
+    """The truncated model and the synthetic trace every host-cost run decodes (rebuilt from code, so
+    a kept run can be simulated again later)."""
     from sim.validate import synthetic_trace
 
-    small = truncated_shape(shape, moe_layers or shape.num_moe_layers)
+    small = truncated_shape(shape)
     return small, synthetic_trace(small, HOST_TOKENS)
 
 
@@ -580,7 +577,7 @@ def record_host_run(
     engines: int,
     progress: Callable[[str], None],
 ) -> HostRun:
-    """Decode the synthetic host-cost trace live on ``shape`` (GPU side)."""
+    """Decode the synthetic host-cost trace live on a truncated copy of ``shape`` (GPU side)."""
     from sim import live
 
     small, trace = host_workload(shape)
@@ -593,7 +590,7 @@ def record_host_run(
     live_options = live.LiveOptions(device=str(device), host_budget_bytes=budget)
     model = live.open_model(small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options)
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
-    return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s], small.num_moe_layers)
+    return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s])
 
 
 def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
@@ -609,23 +606,21 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
     """
     from sim.simulation import simulate
 
-    runs = {(r.shape, r.kind): r for r in result.host_runs}
+    runs = {(r.shape, r.kind): np.asarray(r.step_latency_s) for r in result.host_runs}
     result.issue_s, result.host_layer_s = 0.0, {}
     ops_only = to_profile(result, shapes)  # the measured ops, no host costs yet
     for shape in shapes:
         if (shape.name, "layer") not in runs:
             continue
-        run = runs[shape.name, "layer"]
-        small, trace = host_workload(shape, run.moe_layers)
+        small, trace = host_workload(shape)
         simulated = simulate(trace, small, ops_only, *host_run_setup("layer"))
-        diff = (np.asarray(run.step_latency_s) - simulated.step_latency_s)[HOST_WARMUP_STEPS:]
+        diff = (runs[shape.name, "layer"] - simulated.step_latency_s)[HOST_WARMUP_STEPS:]
         result.host_layer_s[shape.name] = float(np.median(diff)) / small.num_moe_layers
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
         return
-    shape, run = copy_runs[0]
-    latency = np.asarray(run.step_latency_s)
-    small, trace = host_workload(shape, run.moe_layers)
+    shape, latency = copy_runs[0]
+    small, trace = host_workload(shape)
     setup = host_run_setup("copy")
     profile = to_profile(result, shapes)
     target = float(latency[HOST_WARMUP_STEPS:].mean())
@@ -865,7 +860,7 @@ def to_profile(
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
         "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
         "Host costs of the live executor (host-bound at batch 1): host_layer per shape = median over steps "
-        "of (live - simulated) step time per MoE layer of a resident run of the whole model; "
+        "of (live - simulated) step time per MoE layer of a resident run of the first 4 MoE layers; "
         "copy.issue_s = the host time per copy at which the simulator matches a live oracle run of the first "
         "shape into a quarter-size cache (bisection)."
         + (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -160,20 +159,3 @@ def test_an_ungated_calibration_leaves_no_host_probe_in_the_profile() -> None:
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
     assert result.host_probe_s == 0.0 and result.host_gates == []
     assert "host_probe_s" not in cal.to_profile(result, [TINY]).to_dict()["meta"]
-
-
-def test_host_runs_decode_the_whole_model_and_old_raw_files_keep_their_four_layers() -> None:
-    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
-    assert {r.moe_layers for r in result.host_runs} == {TINY.num_moe_layers}
-    doc = result.to_dict()
-    for run in doc["host_runs"]:
-        del run["moe_layers"]  # a --raw file written before the runs were full size
-    assert {r.moe_layers for r in cal.Calibration.from_dict(doc).host_runs} == {4}
-
-
-def test_the_host_workload_is_the_whole_model_unless_a_layer_count_is_given() -> None:
-    deep = dataclasses.replace(TINY, num_layers=7, moe_layers=(1, 2, 3, 4, 5, 6))
-    assert cal.host_workload(deep)[0] == deep
-    four, trace = cal.host_workload(deep, 4)
-    assert four.moe_layers == (1, 2, 3, 4) and four.num_layers == 5
-    assert trace.num_layers == 4
