@@ -23,12 +23,14 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from sim.host_speed import HostGate
 from traces.schema import ModelShape
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from sim.hardware import HardwareProfile
@@ -163,8 +165,8 @@ class Calibration:
     host_layer_s: dict[str, float] = field(default_factory=dict)
     #: the live runs those two were fitted to
     host_runs: list[HostRun] = field(default_factory=list)
-    #: the host core's fast-level probe (sim.host_speed; 0: not gated) and every gate on the way:
-    #: {"phase", "probe_s", "waited_s", "timed_out"}
+    #: the host core's fast-level probe (sim.host_speed; 0: not gated) and every gated phase:
+    #: {"phase", "probe_s", "after_s", "waited_s", "attempts", "timed_out", "slow_after"}
     host_probe_s: float = 0.0
     host_gates: list[dict[str, Any]] = field(default_factory=list)
 
@@ -695,8 +697,7 @@ def calibrate(
     copy_sizes = set(effort.copy_sizes) | {s.bytes_per_expert for s in shapes}
     with torch.inference_mode():
         say("launch overhead, matmul rate, device bandwidth")
-        gate("launch overhead")
-        launch = measure_launch_overhead(watch)
+        launch = gate("launch overhead", lambda: measure_launch_overhead(watch))
         tflops = measure_matmul_tflops(watch, effort.matmul_n)
         hbm = measure_device_bandwidth(watch, effort.bandwidth_bytes)
         say("host-to-device copies")
@@ -706,8 +707,7 @@ def calibrate(
         timings = {}
         for shape in shapes:
             say(f"decode ops of {shape.name}")
-            gate(f"ops {shape.name}")
-            timings[shape.name] = measure_shape(watch, shape, effort)
+            timings[shape.name] = gate(f"ops {shape.name}", lambda s=shape: measure_shape(watch, s, effort))
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     env = _environment(dev)
@@ -736,34 +736,43 @@ def calibrate(
 
 
 class _PhaseGate:
-    """Calibration's use of sim.host_speed.HostGate: one wait per host-bound phase, logged by name
-    (a no-op when ``timeout_s`` is 0)."""
+    """Calibration's use of sim.host_speed.HostGate: each host-bound phase runs at the core's fast level
+    (waited for, and repeated if the core ended it slow), logged by name; without a timeout it just runs
+    the phase."""
 
     def __init__(self, timeout_s: float, say: Callable[[str], None]) -> None:
         self.gate = HostGate(timeout_s=timeout_s) if timeout_s > 0 else None
         self.say = say
-        self.phases: list[str] = []
+        self.log: list[dict[str, Any]] = []
 
-    def __call__(self, phase: str) -> None:
+    def __call__(self, phase: str, measure: Callable[[], T]) -> T:
         if self.gate is None:
-            return
-        if not self.phases:
+            return measure()
+        if not self.log:
             self.gate.settle()
-        result = self.gate.wait()
-        self.phases.append(phase)
-        if result.waited_s > 0.05 or result.timed_out:
-            slow = " (gave up: still slow)" if result.timed_out else ""
-            self.say(f"host gate: waited {result.waited_s:.1f} s for the fast level before {phase}{slow}")
+        gated = self.gate.run(measure)
+        before = gated.before
+        self.log.append(
+            {
+                "phase": phase,
+                "probe_s": before.probe_s,
+                "after_s": gated.after_s,
+                "waited_s": before.waited_s,
+                "attempts": gated.attempts,
+                "timed_out": before.timed_out,
+                "slow_after": gated.slow_after,
+            }
+        )
+        if before.waited_s > 0.05 or gated.attempts > 1 or gated.slow_after:
+            self.say(
+                f"host gate: {phase}: waited {before.waited_s:.1f} s for the fast level, "
+                f"{gated.attempts} attempt(s)" + (", still ended slow" if gated.slow_after else "")
+            )
+        return gated.value
 
     def record(self) -> tuple[float, list[dict[str, Any]]]:
         """(fastest probe seen, one entry per gated phase) for the Calibration."""
-        if self.gate is None:
-            return 0.0, []
-        gates = [
-            {"phase": p, "probe_s": r.probe_s, "waited_s": r.waited_s, "timed_out": r.timed_out}
-            for p, r in zip(self.phases, self.gate.results, strict=True)
-        ]
-        return self.gate.reference_s, gates
+        return (self.gate.reference_s, self.log) if self.gate is not None else (0.0, [])
 
 
 def _measure_host_costs(
@@ -782,8 +791,11 @@ def _measure_host_costs(
     engines = provisional.copy.engines
     jobs = [(shape, "layer") for shape in shapes] + [(shapes[0], "copy")]
     for shape, kind in jobs:
-        gate(f"host {kind} {shape.name}")
-        result.host_runs.append(record_host_run(shape, kind, provisional, dev, engines, say))
+        run = gate(
+            f"host {kind} {shape.name}",
+            lambda s=shape, k=kind: record_host_run(s, k, provisional, dev, engines, say),
+        )
+        result.host_runs.append(run)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     fit_host_costs(result, shapes)
@@ -865,8 +877,9 @@ def to_profile(
         "shape into a quarter-size cache (bisection)."
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
-            f"core's fast level first (sim.host_speed probe {result.host_probe_s * 1e6:.0f} us; "
-            f"{sum(g['waited_s'] for g in result.host_gates):.1f} s of waiting)."
+            f"core's fast level first and were repeated when the core ended them slow (sim.host_speed probe "
+            f"{result.host_probe_s * 1e6:.0f} us; {sum(g['waited_s'] for g in result.host_gates):.1f} s of "
+            f"waiting, {sum(g['attempts'] > 1 for g in result.host_gates)} phases repeated)."
             if result.host_probe_s
             else ""
         )

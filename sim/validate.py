@@ -31,6 +31,7 @@ and resident). Re-simulating saved live results needs no GPU: improving the mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ import numpy as np
 from sim.cache import CacheConfig
 from sim.config import SimOptions
 from sim.hardware import HardwareProfile, load_profile
-from sim.host_speed import GateResult, HostGate
+from sim.host_speed import GatedRun, HostGate
 from sim.policies import PolicySpec
 from sim.results import SimResult
 from sim.retarget import retarget_trace
@@ -184,9 +185,9 @@ def run_live_grid(
     pass in ``counters["live_pass"]``; ``compare`` pools the passes and reports their spread.
 
     With ``grid.host_gate_timeout_s`` > 0 every run waits for the host core's fast level first
-    (``sim.host_speed.HostGate``, seeded with the calibration's probe from ``hardware.meta``) and records
-    the probe before and after it (``GATE_COUNTERS``): a run that ends on a slow probe met a change of
-    level while it ran.
+    (``sim.host_speed.HostGate``, seeded with the calibration's probe from ``hardware.meta``); a run that
+    the core ends at its slow level is repeated (``HostGate.run``); the probes, waits and attempts land in
+    the result's counters (``_gate_counters``).
     """
     from sim import live
 
@@ -247,29 +248,35 @@ def _live_shape(
     for p in range(grid.passes):
         for spec, fraction in points if p % 2 == 0 else points[::-1]:
             say(f"{shape.name}: pass {p + 1}/{grid.passes}: live {spec.label()} at {fraction:g} of experts")
-            before = gate.wait() if gate is not None else None
-            result = live.run_live(model, trace, hardware, grid.cache(fraction), spec, options, live_options)
+            decode = functools.partial(
+                live.run_live, model, trace, hardware, grid.cache(fraction), spec, options, live_options
+            )
+            if gate is None:
+                result = decode()
+            else:
+                gated = gate.run(decode)
+                result = gated.value
+                result.counters |= _gate_counters(gated)
             result.counters[PASS_COUNTER] = p
-            if gate is not None and before is not None:
-                result.counters |= _gate_counters(gate, before, gate.probe())
             results.append(result)
     return results
 
 
-def _gate_counters(gate: HostGate, before: GateResult, after_s: float) -> dict[str, Any]:
-    """What the host gate saw around one live run (microseconds, milliseconds, flags)."""
+def _gate_counters(gated: GatedRun[SimResult]) -> dict[str, Any]:
+    """What the host gate saw around one live run (microseconds, milliseconds, counts, flags)."""
     return {
-        "host_probe_us": round(before.probe_s * 1e6, 1),
-        "host_probe_after_us": round(after_s * 1e6, 1),
-        "host_gate_wait_ms": round(before.waited_s * 1e3, 1),
-        "host_gate_timed_out": int(before.timed_out),
-        "host_slow_after": int(not gate.fast(after_s)),
+        "host_probe_us": round(gated.before.probe_s * 1e6, 1),
+        "host_probe_after_us": round(gated.after_s * 1e6, 1),
+        "host_gate_wait_ms": round(gated.before.waited_s * 1e3, 1),
+        "host_gate_timed_out": int(gated.before.timed_out),
+        "host_gate_attempts": gated.attempts,
+        "host_slow_after": int(gated.slow_after),
     }
 
 
 def gate_summary(live: Sequence[SimResult]) -> dict[str, Any]:
-    """Host-gate totals over live runs: how many were gated, the waits, and how many started or ended
-    on the slow level (empty when no run was gated)."""
+    """Host-gate totals over live runs: how many were gated, the waits, how many were repeated because
+    the core ended them at its slow level, and how many still did (empty when no run was gated)."""
     gated = [r.counters for r in live if "host_probe_us" in r.counters]
     if not gated:
         return {}
@@ -277,6 +284,7 @@ def gate_summary(live: Sequence[SimResult]) -> dict[str, Any]:
         "gated_runs": len(gated),
         "gate_wait_s": round(sum(c["host_gate_wait_ms"] for c in gated) / 1e3, 1),
         "gate_timeouts": sum(c["host_gate_timed_out"] for c in gated),
+        "repeated": sum(c.get("host_gate_attempts", 1) > 1 for c in gated),
         "slow_after": sum(c["host_slow_after"] for c in gated),
     }
 

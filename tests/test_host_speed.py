@@ -54,3 +54,19 @@ def test_a_gate_refuses_nonsense_settings() -> None:
         HostGate(tolerance=0.5)
     with pytest.raises(ValueError):
         HostGate(timeout_s=-1)
+
+
+def test_a_measurement_the_core_ends_slow_is_repeated_at_the_fast_level(probes) -> None:
+    gate = HostGate(reference_s=1e-3, timeout_s=10)
+    probes.extend([1e-3, 2.5e-3, 2.5e-3, 1e-3, 1e-3])  # wait, after (slow) | wait slow, fast, after
+    calls = []
+    gated = gate.run(lambda: calls.append(len(calls)) or len(calls))
+    assert calls == [0, 1] and gated.value == 2
+    assert gated.attempts == 2 and not gated.slow_after and gated.after_s == 1e-3
+
+
+def test_a_measurement_that_keeps_ending_slow_is_kept_and_flagged_after_the_last_attempt(probes) -> None:
+    gate = HostGate(reference_s=1e-3, timeout_s=10)
+    probes.extend([1e-3, 3e-3] * 3)
+    gated = gate.run(lambda: "measured", attempts=3)
+    assert gated.value == "measured" and gated.attempts == 3 and gated.slow_after

@@ -109,8 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     if gates:
         print(
             f"host gate: {gates['gated_runs']} live runs waited {gates['gate_wait_s']:.1f} s in all for the "
-            f"host's fast level ({gates['gate_timeouts']} gave up); "
-            f"{gates['slow_after']} ended on the slow level"
+            f"host's fast level ({gates['gate_timeouts']} gave up); {gates['repeated']} repeated for "
+            f"ending on the slow level, {gates['slow_after']} still did"
         )
     return 0
 
