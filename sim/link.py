@@ -40,6 +40,16 @@ class Transfer(FetchRequest):
 
     __slots__ = ("blocked", "end_s", "engine", "finish_v", "setup_end", "start_s", "state", "waits_for")
 
+    # declared here for the compiled build (sim.COMPILED: its classes have exactly these attributes)
+    state: int
+    blocked: list[Transfer] | None  # copies into the same slot waiting for this one
+    waits_for: Transfer | None
+    start_s: float
+    setup_end: float
+    finish_v: float
+    engine: int
+    end_s: float
+
     def __init__(
         self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
     ) -> None:
@@ -52,7 +62,7 @@ class Transfer(FetchRequest):
         self.demand = demand
         self.target = target
         self.state = QUEUED
-        self.blocked: list[Transfer] | None = None  # copies into the same slot waiting for this one
+        self.blocked = None
         # waits_for, start_s, setup_end, finish_v, engine and end_s are set by the link before any read
 
 
@@ -145,7 +155,9 @@ class Link:
         if transfer.state == QUEUED:
             heappush(self._queue, (priority, transfer.seq, transfer))
             return
-        self.promote(transfer.waits_for, priority)  # blocked: hurry the copy it waits for
+        previous = transfer.waits_for  # blocked: hurry the copy it waits for
+        assert previous is not None
+        self.promote(previous, priority)
 
     def _dispatch(self) -> None:
         """Start queued copies on free engines, most urgent first, at the link's current time."""
@@ -255,7 +267,7 @@ class Link:
         return (self.submitted - self.pending) * self.size_bytes
 
     def _unblock(self, transfer: Transfer) -> None:
-        for waiting in transfer.blocked:
+        for waiting in transfer.blocked or ():
             waiting.state = QUEUED
             waiting.waits_for = None
             heappush(self._queue, (waiting.priority, waiting.seq, waiting))
