@@ -239,7 +239,7 @@ class DecodeController(Generic[R]):
                 entry = found[i] = cache.allocate(key, pos, prefetch=False)
                 assert entry is not None  # a demand load that finds no slot raises CacheTooSmall
                 cache.use(entry, pos)
-                entry.request = request = self._request_type(
+                entry.request = request = self._new_request(
                     self._seq, key, j, e, entry.slot, DEMAND, True, pos
                 )
                 self._seq += 1
@@ -298,6 +298,13 @@ class DecodeController(Generic[R]):
 
     # -- internals
 
+    def _new_request(
+        self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
+    ) -> R:
+        """A new request of ``request_type`` (a clock's subclass may build its own class directly instead:
+        in the compiled build that is a C call, where calling ``request_type`` goes through Python)."""
+        return self._request_type(seq, key, layer, expert, slot, priority, demand, target)
+
     def _pos(self, j: int) -> int:
         return self._pos_base + j
 
@@ -308,7 +315,6 @@ class DecodeController(Generic[R]):
         step = self.step
         assert step is not None
         s = step.index
-        new_request = self._request_type
         entries = cache.entries  # (its methods are called through it: a direct call when compiled)
         seq = self._seq
         present = 0
@@ -332,7 +338,7 @@ class DecodeController(Generic[R]):
                 if entry is None:
                     self.counters.prefetches_dropped += 1
                     continue
-                entry.request = request = new_request(
+                entry.request = request = self._new_request(
                     seq, key, layer, e, entry.slot, prefetch_priority, False, target
                 )
                 seq += 1

@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from sim.cache import CacheConfig
 from sim.controller import HIT, LATE, DecisionCounters, DecodeController
 from sim.costs import CostModel
 from sim.link import DONE, Link, Transfer
-from sim.policies import DEMAND, LAYER_START, ROUTER
+from sim.policies import DEMAND, LAYER_START, ROUTER, Policy, TimingEstimates
+from sim.workload import Workload
 from traces.schema import ModelShape
 
 INF = float("inf")
@@ -60,6 +62,24 @@ class EngineOutput:
     timeline: list[Interval] | None = None
     events: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+class EngineController(DecodeController[Transfer]):
+    """The decode controller of a simulated run: its requests are the link's Transfers."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        cache_config: CacheConfig,
+        estimates: TimingEstimates | None = None,
+    ) -> None:
+        super().__init__(workload, policy, cache_config, estimates, request_type=Transfer)
+
+    def _new_request(
+        self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
+    ) -> Transfer:
+        return Transfer(seq, key, layer, expert, slot, priority, demand, target)
 
 
 class _Timeline:
