@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from sim.eviction import EVICTION_RULES, EvictionRule, make_eviction_rule
 from sim.workload import NextUse
@@ -73,7 +74,7 @@ class CacheConfig:
 
 
 #: ``Entry.used_at`` of an entry no router has used (below every position, the first prefetch's included)
-NEVER_USED = -2
+NEVER_USED: Final = -2
 
 
 class CacheTooSmall(ValueError):

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from typing import Final, Generic, TypeVar, cast
 
 from sim.cache import CacheConfig, Entry, ExpertCache
 from sim.policies import DEMAND, LAYER_START, PREFETCH, ROUTER, Actions, CacheView, Policy, TimingEstimates
 from sim.workload import Step, Workload
 
-HIT, LATE, MISS = 0, 1, 2
+HIT: Final = 0
+LATE: Final = 1
+MISS: Final = 2
 
 #: event kinds, in the order they occur within one MoE layer
 LAYER_START_EVENT = "layer_start"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import simpy
@@ -42,7 +43,7 @@ from sim.policies import DEMAND, LAYER_START, ROUTER, Policy, TimingEstimates
 from sim.workload import Workload
 from traces.schema import ModelShape
 
-INF = float("inf")
+INF: Final = float("inf")
 
 #: timeline interval: (lane, kind, start_s, end_s, moe_layer, expert); expert -1 when not an expert
 Interval = tuple[str, str, float, float, int, int]

@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from sim.workload import ORACLE, PREVIOUS_TOKEN, Step, Workload
 
 #: Transfer priorities: smaller runs first. Demand loads always go ahead of prefetches.
-DEMAND = 0
-PREFETCH = 1
+DEMAND: Final = 0
+PREFETCH: Final = 1
 
 #: Issue points: when a policy's prediction for a layer starts.
 NO_ISSUE = "none"
