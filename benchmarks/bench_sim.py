@@ -10,7 +10,8 @@ the hardware is the h200 preset; the cache holds ``--cache-fraction`` of all exp
 Each policy's time covers the whole ``simulate`` call (workload, controller, engine, result). CPU time
 of this process is reported beside wall time because wall time depends on what else the machine runs;
 SimPy's bare rate (empty timeouts in one process) is measured in the same run for the same reason: the
-ratio of the two is the machine-independent figure.
+ratio of the two is the machine-independent figure. The build that ran (``sim.COMPILED``: pure Python, or
+the opt-in compiled core of setup.py) is printed beside the figure.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 
 import simpy
 
+import sim
 from sim.cache import CacheConfig
 from sim.hardware import load_profile
 from sim.policies import PolicySpec
@@ -74,6 +76,8 @@ def main() -> None:
     hardware = load_profile("h200")
     cache = CacheConfig(fraction=args.cache_fraction)
     bare = simpy_bare_rate()
+    build = "compiled (mypyc)" if sim.COMPILED else "pure Python"
+    print(f"simulator build: {build} (sim.COMPILED = {sim.COMPILED})")
     print(
         f"trace: synthetic Qwen3-30B-A3B shape, {trace.num_tokens} tokens x {trace.num_layers} MoE layers "
         f"= {token_layers} token-layers; cache {args.cache_fraction:g} of experts (LRU); hardware h200"
@@ -110,11 +114,12 @@ def main() -> None:
         verdict = "meets" if pre["token_layers_per_cpu_s"] >= TARGET_TOKEN_LAYERS_PER_S else "MISSES"
         print(
             f"pre-attention: {pre['token_layers_per_cpu_s']:,.0f} token-layers per CPU second {verdict} the "
-            f"target of {TARGET_TOKEN_LAYERS_PER_S:,} (SimPy bare rate here: {bare:,.0f}/s)"
+            f"target of {TARGET_TOKEN_LAYERS_PER_S:,} ({build}; SimPy bare rate here: {bare:,.0f}/s)"
         )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"simpy_bare_rate": bare, "token_layers": token_layers, "runs": rows}, handle, indent=1)
+            doc = {"compiled": sim.COMPILED, "simpy_bare_rate": bare, "token_layers": token_layers}
+            json.dump({**doc, "runs": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

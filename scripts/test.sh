@@ -16,7 +16,7 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 # The CPU build of torch keeps the test environment small; set TORCH_SPEC to override.
 "$VENV/bin/pip" install -q "${TORCH_SPEC:-torch==2.13.0}"
-"$VENV/bin/pip" install -q -e '.[torch,cluster,dev]'
+"$VENV/bin/pip" install -q -e '.[torch,cluster,dev,compile]'
 
 echo "== ruff"
 "$VENV/bin/ruff" check .
@@ -24,3 +24,10 @@ echo "== ruff"
 
 echo "== pytest"
 "$VENV/bin/pytest" "$@"
+
+# The opt-in compiled core (setup.py) must match the pure build bit for bit; about 2-3 minutes.
+if command -v cc >/dev/null 2>&1 && "$VENV/bin/python" -c "import mypyc.build" 2>/dev/null; then
+    bash scripts/check_compiled.sh "$VENV/bin/python"
+else
+    echo "== compiled core: skipped (needs a C compiler and mypy: pip install '.[compile]')"
+fi

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from sim.eviction import EVICTION_RULES, EvictionRule, make_eviction_rule
 from sim.workload import NextUse
@@ -64,6 +65,7 @@ class CacheConfig:
         """Slots on the GPU for a model with ``num_layers`` MoE layers of ``num_experts`` experts."""
         if self.slots is not None:
             return min(self.slots, num_layers * num_experts)
+        assert self.fraction is not None  # exactly one of the two is set (__post_init__)
         return round(self.fraction * num_layers * num_experts)
 
     def label(self) -> str:
@@ -72,7 +74,7 @@ class CacheConfig:
 
 
 #: ``Entry.used_at`` of an entry no router has used (below every position, the first prefetch's included)
-NEVER_USED = -2
+NEVER_USED: Final = -2
 
 
 class CacheTooSmall(ValueError):
@@ -330,13 +332,13 @@ class ExpertCache:
         present and arrived (all hits). From now on, entries prefetched for ``pos`` that it did not use
         count as unpinned, so demand loads may evict them. (One loop: this runs at every router.)"""
         base = layer * self.num_experts
-        get = self.entries.get
+        entries = self.entries
         found: list[Entry | None] = []
         keys: list[int] = []
         ready = True
         for e in experts:
             key = base + e
-            entry = get(key)
+            entry = entries.get(key)
             found.append(entry)
             if entry is None:
                 ready = False

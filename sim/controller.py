@@ -28,14 +28,17 @@ Timing rules a clock must honour (they keep the physical state consistent with t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar, cast
 
 from sim.cache import CacheConfig, Entry, ExpertCache
 from sim.policies import DEMAND, LAYER_START, PREFETCH, ROUTER, Actions, CacheView, Policy, TimingEstimates
 from sim.workload import Step, Workload
 
-HIT, LATE, MISS = 0, 1, 2
+HIT: Final = 0
+LATE: Final = 1
+MISS: Final = 2
 
 #: event kinds, in the order they occur within one MoE layer
 LAYER_START_EVENT = "layer_start"
@@ -68,30 +71,37 @@ class FetchRequest:
         return f"FetchRequest(#{self.seq} {kind} layer={self.layer} expert={self.expert} slot={self.slot})"
 
 
-class RouterDecision:
+#: the request class a controller creates: FetchRequest or a clock's subclass of it
+R = TypeVar("R", bound=FetchRequest)
+
+
+class RouterDecision(Generic[R]):
     """What layer ``layer``'s router needs: ``experts`` (router order), their ``slots`` and ``status``
     (HIT: copy landed, LATE: copy issued but not landed, MISS: absent, a demand load was issued),
     ``tokens`` (how many of the step's tokens each serves), the new ``demands`` and the outstanding
     requests of the ``late`` experts (a clock should promote them to demand priority), and the policy's
     ``prefetches`` issued at this router (after the demands). The three request lists are an empty
-    tuple when there are none (most routers: one shared object, not three new lists per layer)."""
+    tuple when there are none (most routers: one shared object, not three new lists per layer).
+    ``entries`` has an Entry for every needed expert once the controller returns the decision."""
 
     __slots__ = ("demands", "entries", "experts", "late", "layer", "prefetches", "status", "tokens")
 
-    def __init__(self, layer: int, experts: list[int], tokens: list[int], entries: list[Entry]) -> None:
+    def __init__(
+        self, layer: int, experts: list[int], tokens: list[int], entries: list[Entry | None]
+    ) -> None:
         self.layer = layer
         self.experts = experts
         self.tokens = tokens
         self.entries = entries
         self.status: list[int] = []
-        self.demands: Sequence[FetchRequest] = ()
-        self.late: Sequence[FetchRequest] = ()
-        self.prefetches: Sequence[FetchRequest] = ()
+        self.demands: Sequence[R] = ()
+        self.late: Sequence[R] = ()
+        self.prefetches: Sequence[R] = ()
 
     @property
     def slots(self) -> list[int]:
         """The GPU slot of each needed expert, in router order."""
-        return [entry.slot for entry in self.entries]
+        return [entry.slot for entry in self.entries if entry is not None]
 
 
 @dataclass
@@ -127,8 +137,9 @@ def logical_events(num_layers: int, issue_point: str) -> Iterator[tuple[str, int
         yield LAYER_END_EVENT, j
 
 
-class DecodeController:
-    """Decisions of one run: a workload, a fresh policy object and a cache configuration."""
+class DecodeController(Generic[R]):
+    """Decisions of one run: a workload, a fresh policy object and a cache configuration. ``R`` is the
+    class of the requests it creates (FetchRequest unless a clock passes ``request_type``)."""
 
     def __init__(
         self,
@@ -136,7 +147,7 @@ class DecodeController:
         policy: Policy,
         cache_config: CacheConfig,
         estimates: TimingEstimates | None = None,
-        request_type: type[FetchRequest] = FetchRequest,
+        request_type: type[R] = FetchRequest,  # type: ignore[assignment]  # (mypy issue 3737)
     ) -> None:
         """``request_type``: the class of the requests this controller creates; a clock may pass a
         subclass of FetchRequest that carries its own per-transfer state (the simulator's link does)."""
@@ -175,33 +186,38 @@ class DecodeController:
 
     # -- the sequence
 
-    def begin_step(self, s: int) -> list[FetchRequest]:
-        self.step = self.workload.step(s)
+    def begin_step(self, s: int) -> list[R]:
+        self.step = step = self.workload.step(s)
         self._pos_base = s * self.num_layers
         self.layer = -1
         if self._hooks["on_step_start"]:
-            return self._prefetch(self.policy.on_step_start(self.step))
+            return self._prefetch(self.policy.on_step_start(step))
         return []
 
-    def layer_start(self, j: int) -> list[FetchRequest]:
+    def layer_start(self, j: int) -> list[R]:
         self.layer = j
         self.cache.current_pos = self._pos_base + j
         if self._hooks["on_layer_start"]:
-            return self._prefetch(self.policy.on_layer_start(self.step, j))
+            step = self.step
+            assert step is not None, "layer_start outside a step"
+            return self._prefetch(self.policy.on_layer_start(step, j))
         return []
 
-    def prediction_ready(self, j: int) -> list[FetchRequest]:
+    def prediction_ready(self, j: int) -> list[R]:
         """The prediction for MoE layer ``j`` is available."""
         if self._hooks["on_prediction_ready"]:
-            return self._prefetch(self.policy.on_prediction_ready(self.step, j))
+            step = self.step
+            assert step is not None, "prediction_ready outside a step"
+            return self._prefetch(self.policy.on_prediction_ready(step, j))
         return []
 
-    def router(self, j: int) -> RouterDecision:
+    def router(self, j: int) -> RouterDecision[R]:
         step = self.step
+        assert step is not None, "router outside a step"
         pos = self._pos_base + j
         needed = step.needed[j]
         found, ready = self.cache.route(j, needed, pos)
-        decision = RouterDecision(j, needed, step.tokens_per_expert[j], found)
+        decision: RouterDecision[R] = RouterDecision(j, needed, step.tokens_per_expert[j], found)
         if ready:  # the common case: all hits
             decision.status = [HIT] * len(found)
             self.counters.hits[j] += len(found)
@@ -211,20 +227,21 @@ class DecodeController:
             decision.prefetches = self._prefetch(self.policy.on_router(step, j))
         return decision
 
-    def _classify(self, decision: RouterDecision, found: list, j: int, pos: int) -> None:
+    def _classify(self, decision: RouterDecision[R], found: list[Entry | None], j: int, pos: int) -> None:
         """Statuses of a layer with late or absent experts; demand loads for the absent ones, in router
         order (allocating one cannot evict another needed expert: the router pinned them all)."""
         status: list[int] = []
-        late: list[FetchRequest] = []
-        demands: list[FetchRequest] = []
+        late: list[R] = []
+        demands: list[R] = []
         for i, entry in enumerate(found):
             if entry is None:
                 cache = self.cache
                 e = decision.experts[i]
                 key = j * self.num_experts + e
                 entry = found[i] = cache.allocate(key, pos, prefetch=False)
+                assert entry is not None  # a demand load that finds no slot raises CacheTooSmall
                 cache.use(entry, pos)
-                entry.request = request = self._request_type(
+                entry.request = request = self._new_request(
                     self._seq, key, j, e, entry.slot, DEMAND, True, pos
                 )
                 self._seq += 1
@@ -234,7 +251,7 @@ class DecodeController:
                 status.append(HIT)
             else:
                 status.append(LATE)
-                late.append(entry.request)
+                late.append(cast(R, entry.request))  # in flight: the request that loads it
         decision.status = status
         if late:
             decision.late = late
@@ -247,10 +264,12 @@ class DecodeController:
         counters.hits[j] += len(found) - n_miss - n_late
         counters.demand_loads += n_miss
 
-    def layer_end(self, j: int) -> list[FetchRequest]:
+    def layer_end(self, j: int) -> list[R]:
         self.cache.release_through(self._pos_base + j)
         if self._hooks["on_layer_end"]:
-            return self._prefetch(self.policy.on_layer_end(self.step, j))
+            step = self.step
+            assert step is not None, "layer_end outside a step"
+            return self._prefetch(self.policy.on_layer_end(step, j))
         return []
 
     def end_step(self) -> None:
@@ -258,9 +277,9 @@ class DecodeController:
 
     def transfers_finished(self, requests: Iterable[FetchRequest]) -> None:
         """``transfer_finished`` for each of ``requests``, in order."""
-        get = self.cache.entries.get
+        entries = self.cache.entries
         for request in requests:
-            entry = get(request.key)
+            entry = entries.get(request.key)
             if entry is not None and entry.request is request:
                 entry.arrived = True
                 entry.request = None
@@ -281,17 +300,24 @@ class DecodeController:
 
     # -- internals
 
+    def _new_request(
+        self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
+    ) -> R:
+        """A new request of ``request_type`` (a clock's subclass may build its own class directly instead:
+        in the compiled build that is a C call, where calling ``request_type`` goes through Python)."""
+        return self._request_type(seq, key, layer, expert, slot, priority, demand, target)
+
     def _pos(self, j: int) -> int:
         return self._pos_base + j
 
-    def _prefetch(self, actions: Actions) -> list[FetchRequest]:
+    def _prefetch(self, actions: Actions) -> list[R]:
         """Turn a policy's actions into transfers: pin what is present, allocate (or drop) what is not."""
-        requests: list[FetchRequest] = []
+        requests: list[R] = []
         cache = self.cache
-        s = self.step.index
-        new_request = self._request_type
-        allocate = cache.allocate
-        get = cache.entries.get
+        step = self.step
+        assert step is not None
+        s = step.index
+        entries = cache.entries  # (its methods are called through it: a direct call when compiled)
         seq = self._seq
         present = 0
         for layer, experts, priority in actions:
@@ -301,7 +327,7 @@ class DecodeController:
             near = target <= cache.routed_through + 1  # pinned until the next router: no booking
             for e in experts:
                 key = base + e
-                entry = get(key)
+                entry = entries.get(key)
                 if entry is not None:
                     if target > entry.pin_until:
                         if near and not entry.counted:
@@ -310,11 +336,11 @@ class DecodeController:
                             cache.protect(entry, target)
                     present += 1
                     continue
-                entry = allocate(key, target, True)
+                entry = cache.allocate(key, target, True)
                 if entry is None:
                     self.counters.prefetches_dropped += 1
                     continue
-                entry.request = request = new_request(
+                entry.request = request = self._new_request(
                     seq, key, layer, e, entry.slot, prefetch_priority, False, target
                 )
                 seq += 1
@@ -325,18 +351,24 @@ class DecodeController:
         return requests
 
 
-def run_decisions(controller: DecodeController, copies_land_at_once: bool = True) -> DecisionCounters:
+def run_decisions(
+    controller: DecodeController,
+    copies_land_at_once: bool = True,
+    after_event: Callable[[], object] | None = None,
+) -> DecisionCounters:
     """Drive ``controller`` through the whole workload with no clock at all.
 
     With ``copies_land_at_once`` every transfer is reported finished as soon as it is issued (so "late"
     never happens); otherwise none is (every prefetch that is needed counts as late). Either way misses,
     evictions, waste and transfers equal those of any clock: use it to check a clock or to size slots.
+    ``after_event`` is called after each event (and its transfers) was handled: a way to watch the cache
+    between events without patching its methods (which the compiled build does not allow).
     """
     issue_point = controller.policy.issue_point
     num_layers = controller.num_layers
     finish = controller.transfer_finished if copies_land_at_once else None
 
-    def issue(requests: list[FetchRequest]) -> None:
+    def issue(requests: Sequence[FetchRequest]) -> None:
         if finish is not None:
             for request in requests:
                 finish(request)
@@ -354,5 +386,7 @@ def run_decisions(controller: DecodeController, copies_land_at_once: bool = True
                 issue(controller.prediction_ready(j))
             else:
                 issue(controller.layer_end(j))
+            if after_event is not None:
+                after_event()
         controller.end_step()
     return controller.finish()

@@ -28,19 +28,22 @@ Timing model of one MoE decoder layer, on one compute stream (dense layers run s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import simpy
 
+from sim.cache import CacheConfig
 from sim.controller import HIT, LATE, DecisionCounters, DecodeController
 from sim.costs import CostModel
-from sim.link import DONE, Link
-from sim.policies import DEMAND, LAYER_START, ROUTER
+from sim.link import DONE, Link, Transfer
+from sim.policies import DEMAND, LAYER_START, ROUTER, Policy, TimingEstimates
+from sim.workload import Workload
 from traces.schema import ModelShape
 
-INF = float("inf")
+INF: Final = float("inf")
 
 #: timeline interval: (lane, kind, start_s, end_s, moe_layer, expert); expert -1 when not an expert
 Interval = tuple[str, str, float, float, int, int]
@@ -60,6 +63,24 @@ class EngineOutput:
     timeline: list[Interval] | None = None
     events: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+class EngineController(DecodeController[Transfer]):
+    """The decode controller of a simulated run: its requests are the link's Transfers."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        cache_config: CacheConfig,
+        estimates: TimingEstimates | None = None,
+    ) -> None:
+        super().__init__(workload, policy, cache_config, estimates, request_type=Transfer)
+
+    def _new_request(
+        self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
+    ) -> Transfer:
+        return Transfer(seq, key, layer, expert, slot, priority, demand, target)
 
 
 class _Timeline:
@@ -83,7 +104,7 @@ class _Timeline:
 
 
 def run_engine(
-    controller: DecodeController,
+    controller: DecodeController[Transfer],
     costs: CostModel,
     link: Link,
     shape: ModelShape,
@@ -124,7 +145,7 @@ class _Run:
 
     def __init__(
         self,
-        controller: DecodeController,
+        controller: DecodeController[Transfer],
         costs: CostModel,
         link: Link,
         shape: ModelShape,
@@ -164,7 +185,7 @@ class _Run:
 
     # -- the process
 
-    def decode(self, env: simpy.Environment) -> Iterator[simpy.Event]:
+    def decode(self, env: simpy.Environment) -> Generator[simpy.Event, object, None]:
         """The host process. Within a layer the controller's events are delivered at explicit times
         (non-decreasing, the link advanced to each); the SimPy clock advances once per layer, to the
         delivery of its layer_end, which keeps SimPy's work per token-layer to one timeout."""
@@ -175,13 +196,8 @@ class _Run:
         cross_layer = issue_point == ROUTER
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
-        submit, advance, promote, flush = link.submit_all, link.advance, link.promote_all, self.flush
-        layer_start, prediction_ready, route = (
-            controller.layer_start,
-            controller.prediction_ready,
-            controller.router,
-        )
-        layer_end = controller.layer_end
+        # (methods of the link and the controller are called through their objects, not bound to locals:
+        # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
         stall = self.stall
         expert_s = costs.expert_s
@@ -199,8 +215,9 @@ class _Run:
             t_h = max(t_h, t_c)
             issued = controller.begin_step(s)
             if issued:
-                submit(issued, t_h)
+                link.submit_all(issued, t_h)
             step = controller.step
+            assert step is not None
             n_tok = step.num_tokens
             norm = costs.norm_s(n_tok)
             add = costs.add_s(n_tok)
@@ -223,10 +240,10 @@ class _Run:
                 t_ls = t_c + norm
                 if t_ls > t_h:
                     t_h = t_ls
-                issued = layer_start(j)
+                issued = controller.layer_start(j)
                 t_router = t_ls + before_router
                 if issued:
-                    submit(issued, t_h)
+                    link.submit_all(issued, t_h)
                     t_router += len(issued) * issue_s
                 if recording:
                     timeline.add("compute", "norm", t_c, t_ls, j)
@@ -238,34 +255,34 @@ class _Run:
                         timeline.add("predictor", "predict", t_ls, t_p, j)
                     if t_p > t_h:
                         t_h = t_p
-                    issued = prediction_ready(j)
+                    issued = controller.prediction_ready(j)
                     if issued:
-                        submit(issued, t_h)
+                        link.submit_all(issued, t_h)
                         t_router += len(issued) * issue_s  # the host issues them during attention
                 # router: hits, late prefetches (promoted to demand), misses (demand loads)
                 if t_router > t_h:
                     t_h = t_router
-                advance(t_h)  # learn which copies landed before the router: hit versus late
+                link.advance(t_h)  # learn which copies landed before the router: hit versus late
                 if link.completed:
-                    flush()
-                decision = route(j)
+                    self.flush()
+                decision = controller.router(j)
                 t_block = t_h
                 late, demands, prefetches = decision.late, decision.demands, decision.prefetches
                 if late:
-                    promote(late, DEMAND)
+                    link.promote_all(late, DEMAND)
                 if demands:
-                    submit(demands, t_h)
+                    link.submit_all(demands, t_h)
                 if prefetches:
-                    submit(prefetches, t_h)
+                    link.submit_all(prefetches, t_h)
                 if demands or prefetches:
                     t_block += (len(demands) + len(prefetches)) * issue_s
                 if cross_layer and j + 1 < num_moe:
                     t_p = t_router + gate_s
                     if t_p > t_h:
                         t_h = t_p
-                    issued = prediction_ready(j + 1)
+                    issued = controller.prediction_ready(j + 1)
                     if issued:
-                        submit(issued, t_h)
+                        link.submit_all(issued, t_h)
                         t_block += len(issued) * issue_s
                 # the MoE block: shared and resident experts first, then the others as their copies land
                 status = decision.status
@@ -287,7 +304,7 @@ class _Run:
                         else:
                             transfer = next(late_iter) if st == LATE else next(demand_iter)
                             if transfer.state != DONE:  # no copy starts before this block ends
-                                advance(INF, transfer)
+                                link.advance(INF, transfer)
                             waiting.append((transfer.end_s, i))
                     waiting.sort()
                     for landed, i in waiting:
@@ -318,9 +335,9 @@ class _Run:
                     yield timeout(t_h - sim_now)
                     sim_now = env.now
                     events += 1
-                issued = layer_end(j)
+                issued = controller.layer_end(j)
                 if issued:
-                    submit(issued, t_h)
+                    link.submit_all(issued, t_h)
                     t_c += len(issued) * issue_s
                 j += 1
             controller.end_step()

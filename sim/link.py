@@ -24,14 +24,19 @@ may advance the link to any time once it knows every submission before that time
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from heapq import heappop, heappush
+from typing import Final
 
 from sim.controller import FetchRequest
 
-QUEUED, BLOCKED, SETUP, WIRE, DONE = range(5)  # ordered: state <= BLOCKED means not started yet
-INF = float("inf")
+# transfer states, ordered: state <= BLOCKED means not started yet (Final: constants in the compiled build)
+QUEUED: Final = 0
+BLOCKED: Final = 1
+SETUP: Final = 2
+WIRE: Final = 3
+DONE: Final = 4
+INF: Final = float("inf")
 
 
 class Transfer(FetchRequest):
@@ -39,6 +44,16 @@ class Transfer(FetchRequest):
     to, so a request *is* its transfer). ``start_s``: it got an engine; ``end_s``: its bytes landed."""
 
     __slots__ = ("blocked", "end_s", "engine", "finish_v", "setup_end", "start_s", "state", "waits_for")
+
+    # declared here for the compiled build (sim.COMPILED: its classes have exactly these attributes)
+    state: int
+    blocked: list[Transfer] | None  # copies into the same slot waiting for this one
+    waits_for: Transfer | None
+    start_s: float
+    setup_end: float
+    finish_v: float
+    engine: int
+    end_s: float
 
     def __init__(
         self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
@@ -52,7 +67,7 @@ class Transfer(FetchRequest):
         self.demand = demand
         self.target = target
         self.state = QUEUED
-        self.blocked: list[Transfer] | None = None  # copies into the same slot waiting for this one
+        self.blocked = None
         # waits_for, start_s, setup_end, finish_v, engine and end_s are set by the link before any read
 
 
@@ -71,7 +86,9 @@ class Link:
         """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included)."""
         self.engines = engines
         self.serial = serial
-        self._ready: deque[Transfer] = deque()  # serial link: setup done, waiting for the wire
+        # FIFOs of copies; each holds at most ``engines`` of them, so plain lists serve (as quick as deques
+        # in pure Python, quicker in the compiled build). _ready: serial link, setup done, wire busy
+        self._ready: list[Transfer] = []
         self.latency_s = latency_s
         self.size_bytes = float(size_bytes)
         wire_s = max(transfer_s - latency_s, 1e-15)
@@ -81,8 +98,8 @@ class Link:
         self.now = 0.0
         self.virtual = 0.0  # bytes each wire copy has moved since time 0 (all move at the same rate)
         self._queue: list[tuple[int, int, Transfer]] = []
-        self._setup: deque[Transfer] = deque()
-        self._wire: deque[Transfer] = deque()
+        self._setup: list[Transfer] = []
+        self._wire: list[Transfer] = []
         self._free = list(range(engines - 1, -1, -1))
         self._last_in_slot: dict[int, Transfer] = {}
         self.completed: list[Transfer] = []  # landed, not yet collected by the engine
@@ -145,7 +162,9 @@ class Link:
         if transfer.state == QUEUED:
             heappush(self._queue, (priority, transfer.seq, transfer))
             return
-        self.promote(transfer.waits_for, priority)  # blocked: hurry the copy it waits for
+        previous = transfer.waits_for  # blocked: hurry the copy it waits for
+        assert previous is not None
+        self.promote(previous, priority)
 
     def _dispatch(self) -> None:
         """Start queued copies on free engines, most urgent first, at the link's current time."""
@@ -187,9 +206,9 @@ class Link:
                         virtual += rate * (next_done - now)
                         busy += next_done - now
                         now = next_done
-                    transfer = wire.popleft()
+                    transfer = wire.pop(0)
                     if ready:  # serial link: the next copy in line takes the wire
-                        head = ready.popleft()
+                        head = ready.pop(0)
                         head.state = WIRE
                         head.finish_v = virtual + size
                         wire.append(head)
@@ -218,7 +237,7 @@ class Link:
                     virtual += rate * (next_setup - now)
                     busy += next_setup - now
                 now = next_setup
-            transfer = setup.popleft()
+            transfer = setup.pop(0)
             if serial and n_wire:
                 ready.append(transfer)
                 continue
@@ -255,7 +274,7 @@ class Link:
         return (self.submitted - self.pending) * self.size_bytes
 
     def _unblock(self, transfer: Transfer) -> None:
-        for waiting in transfer.blocked:
+        for waiting in transfer.blocked or ():
             waiting.state = QUEUED
             waiting.waits_for = None
             heappush(self._queue, (waiting.priority, waiting.seq, waiting))

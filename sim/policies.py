@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from sim.workload import ORACLE, PREVIOUS_TOKEN, Step, Workload
 
 #: Transfer priorities: smaller runs first. Demand loads always go ahead of prefetches.
-DEMAND = 0
-PREFETCH = 1
+DEMAND: Final = 0
+PREFETCH: Final = 1
 
 #: Issue points: when a policy's prediction for a layer starts.
 NO_ISSUE = "none"
@@ -183,9 +183,9 @@ class ConfidencePrefetch(RankedPrefetch):
             return NO_ACTIONS
         base = step.top(self.source, j, self.k)
         scores = step.scores.get(self.source)
-        budget = (
-            int(self.estimates.window_s(step) / self.estimates.copy_s) if self.estimates.copy_s else 1 << 30
-        )
+        estimates = self.estimates
+        assert estimates is not None  # bind() refuses a run without them
+        budget = int(estimates.window_s(step) / estimates.copy_s) if estimates.copy_s else 1 << 30
         chosen = list(base)
         transfers = sum(1 for e in base if not self.cache.present(j, e))
         for i in range(len(base), len(ranked)):

@@ -14,11 +14,10 @@ import numpy as np
 
 from sim.cache import CacheConfig
 from sim.config import RunConfig, SimOptions, trace_fingerprint
-from sim.controller import DecodeController
 from sim.costs import CostModel
-from sim.engine import run_engine
+from sim.engine import EngineController, run_engine
 from sim.hardware import HardwareProfile
-from sim.link import Link, Transfer
+from sim.link import Link
 from sim.policies import LAYER_START, ROUTER, Policy, PolicySpec, TimingEstimates, make_policy
 from sim.results import SimResult
 from sim.workload import Workload
@@ -95,9 +94,7 @@ def simulate(
     step_of_token = workload.step_of_token
     decode = measured_tokens(workload, options)
     costs = CostModel(shape, hardware, options.compute_scale)
-    controller = DecodeController(
-        workload, policy_obj, cache, timing_estimates(policy_obj, costs, options), request_type=Transfer
-    )
+    controller = EngineController(workload, policy_obj, cache, timing_estimates(policy_obj, costs, options))
     copy = hardware.copy
     size = shape.bytes_per_expert
     link = Link(
