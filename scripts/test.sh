@@ -26,8 +26,10 @@ echo "== pytest"
 "$VENV/bin/pytest" "$@"
 
 # The opt-in compiled core (setup.py) must match the pure build bit for bit; about 2-3 minutes.
-if command -v cc >/dev/null 2>&1 && "$VENV/bin/python" -c "import mypyc.build" 2>/dev/null; then
+# It needs a C compiler and Python's headers (python3-dev); without them it is skipped, saying so.
+has_headers='import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
+if command -v cc >/dev/null 2>&1 && "$VENV/bin/python" -c "import mypyc.build; $has_headers" 2>/dev/null; then
     bash scripts/check_compiled.sh "$VENV/bin/python"
 else
-    echo "== compiled core: skipped (needs a C compiler and mypy: pip install '.[compile]')"
+    echo "== compiled core: skipped (needs a C compiler, Python's headers and mypy: pip install '.[compile]')"
 fi
