@@ -46,15 +46,21 @@ def calibrate_iterations(chunk_s: float) -> int:
         n *= 2
 
 
-def measure(seconds: float, chunk_s: float) -> dict:
-    n = calibrate_iterations(chunk_s)
-    before = cpu_times()
+def time_chunks(n: int, seconds: float) -> list[float]:
+    """Seconds of each back-to-back chunk of ``work(n)`` over ``seconds``."""
     chunks = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
         work(n)
         chunks.append(time.perf_counter() - t0)
+    return chunks
+
+
+def measure(seconds: float, chunk_s: float) -> dict:
+    n = calibrate_iterations(chunk_s)
+    before = cpu_times()
+    chunks = time_chunks(n, seconds)
     after = cpu_times()
     busy = sum(after[k] - before[k] for k in after)
     median = statistics.median(chunks)

@@ -31,7 +31,7 @@ from pathlib import Path
 from sim.host_speed import work
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_host_stability import calibrate_iterations
+from bench_host_stability import calibrate_iterations, time_chunks
 
 CHUNK_S = 0.01
 
@@ -51,13 +51,7 @@ def background_probe(cpu: int, seconds: float, queue: multiprocessing.Queue) -> 
 
 def probe_here(n: int, seconds: float = 0.2) -> float:
     """Median seconds of one chunk of fixed work on this process's CPU."""
-    chunks = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        work(n)
-        chunks.append(time.perf_counter() - t0)
-    return statistics.median(chunks)
+    return statistics.median(time_chunks(n, seconds))
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:

@@ -141,13 +141,17 @@ def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
     assert np.all(trace.experts < shape.num_experts)
 
 
-def test_a_grid_needs_at_least_one_pass(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("passes = 0", "passes must be >= 1"), ("host_gate_timeout_s = -1", "host_gate_timeout_s must be >= 0")],
+)
+def test_a_grid_setting_out_of_range_is_refused_with_the_file_named(tmp_path, setting, message) -> None:
     path = tmp_path / "grid.toml"
     path.write_text(
-        '[validate]\nhardware = "h200"\npasses = 0\n'
+        f'[validate]\nhardware = "h200"\n{setting}\n'
         'shapes = [{shape = "x", trace = "synthetic", tokens = 4}]\n'
     )
-    with pytest.raises(InputError, match=r"grid\.toml: passes must be >= 1"):
+    with pytest.raises(InputError, match=rf"grid\.toml: {message}"):
         v.load_grid(path)
 
 
@@ -234,13 +238,3 @@ def test_a_gated_grid_repeats_a_run_the_host_ended_slow_and_records_the_probes(t
     summary = v.gate_summary(live)
     assert (summary["gated_runs"], summary["repeated"], summary["slow_after"]) == (3, 1, 0)
     assert v.gate_summary([dataclasses.replace(r, counters={}) for r in live]) == {}
-
-
-def test_a_negative_gate_timeout_is_refused_with_the_file_named(tmp_path) -> None:
-    path = tmp_path / "grid.toml"
-    path.write_text(
-        '[validate]\nhardware = "h200"\nhost_gate_timeout_s = -1\n'
-        'shapes = [{shape = "x", trace = "synthetic", tokens = 4}]\n'
-    )
-    with pytest.raises(InputError, match=r"grid\.toml: host_gate_timeout_s must be >= 0"):
-        v.load_grid(path)
