@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-python3}
+case $PYTHON in  # a relative path must survive the cd into the build directory (no symlink resolving:
+    /*) ;;       # a virtual environment's python is a link to the base interpreter)
+    */*) PYTHON="$PWD/$PYTHON" ;;
+esac
 TOKENS=${CHECK_COMPILED_TOKENS:-1000}
 
 work=$(mktemp -d)
