@@ -388,9 +388,17 @@ def compare(live: Sequence[SimResult], sim: Sequence[SimResult]) -> list[dict[st
                 "bytes_moved": a["bytes_moved"],
                 "live_stall_ms": a["stall_s"] * 1e3,
                 "sim_stall_ms": b["stall_s"] * 1e3,
+                "live_runs_ended_slow": _ended_slow(runs),
             }
         )
     return rows
+
+
+def _ended_slow(runs: Sequence[SimResult]) -> int | None:
+    """How many of a configuration's live runs the host gate saw end on the core's slow level (None
+    when they were not gated)."""
+    flags = [r.counters.get("host_slow_after") for r in runs]
+    return None if any(f is None for f in flags) else sum(flags)
 
 
 def pooled_summary(runs: Sequence[SimResult]) -> dict[str, Any]:
@@ -528,6 +536,20 @@ def fidelity_summary(rows: list[dict[str, Any]], ranks: list[dict[str, Any]]) ->
         "misses_identical_everywhere": all(r["misses_identical"] for r in rows),
         "rankings_identical": sum(1 for r in ranks if r["same"]),
         "ranking_groups": len(ranks),
+        **_fast_host_summary(rows, mean_errs),
+    }
+
+
+def _fast_host_summary(rows: list[dict[str, Any]], mean_errs: np.ndarray) -> dict[str, int]:
+    """Of gated rows: how many had every live run end at the core's fast level, and how many of those
+    meet the mean target (empty when no row was gated)."""
+    gated = [r.get("live_runs_ended_slow") is not None for r in rows]
+    if not any(gated):
+        return {}
+    fast = np.array([r.get("live_runs_ended_slow") == 0 for r in rows])
+    return {
+        "rows_all_runs_fast": int(fast.sum()),
+        "mean_within_5pct_all_runs_fast": int(((mean_errs <= MEAN_TARGET) & fast).sum()),
     }
 
 
@@ -557,6 +579,8 @@ def write_outputs(
 
 
 def _csv(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, list):

@@ -70,6 +70,8 @@ def test_identical_clocks_give_zero_error_identical_counts_and_rankings(results)
         summary["mean_within_5pct"] == len(rows)
         and summary["rankings_identical"] == summary["ranking_groups"]
     )
+    assert all(r["live_runs_ended_slow"] is None for r in rows)  # not gated
+    assert "rows_all_runs_fast" not in summary
 
 
 def test_errors_are_simulated_over_live_minus_one(results) -> None:
@@ -237,4 +239,10 @@ def test_a_gated_grid_repeats_a_run_the_host_ended_slow_and_records_the_probes(t
     assert not any(c["host_slow_after"] or c["host_gate_timed_out"] for c in (first, second, third))
     summary = v.gate_summary(live)
     assert (summary["gated_runs"], summary["repeated"], summary["slow_after"]) == (3, 1, 0)
+    slow = dataclasses.replace(live[1], counters=live[1].counters | {"host_slow_after": 1})
+    rows = v.compare([live[0], slow, live[2]], v.simulate_grid(grid, load_profile("h200")))
+    assert sorted(r["live_runs_ended_slow"] for r in rows) == [0, 0, 1]
+    fidelity = v.fidelity_summary(rows, v.rankings(rows))
+    assert fidelity["rows_all_runs_fast"] == 2
+    assert 0 <= fidelity["mean_within_5pct_all_runs_fast"] <= 2
     assert v.gate_summary([dataclasses.replace(r, counters={}) for r in live]) == {}

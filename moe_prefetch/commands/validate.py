@@ -106,6 +106,11 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary['misses_identical_everywhere']}; rankings identical in {summary['rankings_identical']}/"
         f"{summary['ranking_groups']}; live passes spread by {summary['median_live_spread']:.1%} (median)"
     )
+    if "rows_all_runs_fast" in summary:
+        print(
+            f"{summary['rows_all_runs_fast']} configurations had every live run end at the host's fast "
+            f"level; {summary['mean_within_5pct_all_runs_fast']} of them with mean within 5%"
+        )
     if gates:
         print(
             f"host gate: {gates['gated_runs']} live runs waited {gates['gate_wait_s']:.1f} s in all for the "
