@@ -87,7 +87,6 @@ class HostGate:
         self.reference_s = reference_s if reference_s and reference_s > 0 else float("inf")
         self.tolerance = tolerance
         self.timeout_s = timeout_s
-        self.results: list[GateResult] = []
 
     def probe(self) -> float:
         """One probe; it also lowers the reference if it is the fastest yet."""
@@ -106,15 +105,12 @@ class HostGate:
             self.probe()
 
     def wait(self) -> GateResult:
-        """Probe until the core is at its fast level (or ``timeout_s`` passed); the result is kept in
-        ``results``."""
+        """Probe until the core is at its fast level (or ``timeout_s`` passed)."""
         started = time.perf_counter()
         seconds = self.probe()
         while not self.fast(seconds) and time.perf_counter() - started < self.timeout_s:
             seconds = self.probe()
-        result = GateResult(seconds, time.perf_counter() - started, not self.fast(seconds))
-        self.results.append(result)
-        return result
+        return GateResult(seconds, time.perf_counter() - started, not self.fast(seconds))
 
     def run(self, measure: Callable[[], T], attempts: int = 3) -> GatedRun[T]:
         """``measure()`` at the fast level: wait, measure, probe; repeat (up to ``attempts`` in all) when
