@@ -1,9 +1,17 @@
 """Op times of one model shape on one hardware profile: the compute side of the simulator.
 
-Each op of a decoder layer (the ops ``sim.kernels`` runs and ``moe-prefetch calibrate`` measures) takes
-its time from the profile's measured curve for this shape when there is one, otherwise from a roofline:
-``max(kernels x launch_overhead_s, flops / peak + bytes / bandwidth)`` (launch-bound for small decode
-ops, bandwidth- or compute-bound for big ones). Kernel counts follow ``sim.kernels``' eager PyTorch code.
+Each op of a decoder layer (the ops ``sim.kernels`` runs and ``moe-prefetch calibrate`` measures) has two
+times, because one host thread launches the ops that the GPU then runs:
+
+- its *op time* (``norm_s``, ``attention_s``, ...): the profile's measured curve for this shape when
+  there is one (ops called back to back: the slower of launching and running them, which at batch 1 is
+  the host), otherwise the roofline ``max(kernels x launch_overhead_s, flops / peak + bytes / bandwidth)``
+  (launch-bound for small decode ops, bandwidth- or compute-bound for big ones);
+- its *GPU time* (``gpu_s``): ``flops / peak + bytes / bandwidth``, capped by the measured curve. The
+  engine (sim.engine) lets the host run ahead of the GPU, as the live executor does, so this is the time
+  the GPU still needs for an op whose launch came long before its input copy landed.
+
+Kernel counts follow ``sim.kernels``' eager PyTorch code.
 
 A decoder layer runs, on one compute stream::
 
@@ -69,65 +77,88 @@ class CostModel:
         self.dense_s = lru_cache(maxsize=None)(self._dense_s)
         self.predictor_s = lru_cache(maxsize=None)(self._predictor_s)
         self.attention_s = lru_cache(maxsize=4096)(self._attention_s)
+        self.gpu_s = lru_cache(maxsize=4096)(self._gpu_s)
 
     # -- roofline
 
     def _roofline(self, op: str, flops: float, nbytes: float) -> float:
-        return max(KERNELS[op] * self._launch, flops / self._flops + nbytes / self._bytes)
+        return max(KERNELS[op] * self._launch, self._work_s(flops, nbytes))
 
-    def _op(self, op: str, tokens: int, flops: float, nbytes: float) -> float:
-        curve = self._curves.get(op)
-        seconds = curve.at(tokens) if curve is not None else self._roofline(op, flops, nbytes)
-        return seconds * self.scale
+    def _work_s(self, flops: float, nbytes: float) -> float:
+        return flops / self._flops + nbytes / self._bytes
 
-    def _ffn(self, op: str, tokens: int, intermediate: int) -> float:
-        h = self.shape.hidden_size
+    def _work(self, op: str, tokens: int, context_total: int = 0) -> tuple[float, float]:
+        """(flops, bytes) of one call of ``op`` on ``tokens`` tokens (attention: attending
+        ``context_total`` cached positions in all)."""
+        h, d = self.shape.hidden_size, self._dtype
+        if op == "norm":
+            return 4.0 * tokens * h, 2 * tokens * h * d
+        if op == "add":
+            return tokens * h, 3 * tokens * h * d
+        if op == "router":
+            e = self.shape.num_experts
+            return 2.0 * tokens * h * e, (h * e + tokens * h) * d
+        if op == "attention":
+            heads, kv, hd = self._heads, self._kv_heads, self._head_dim
+            proj = h * (heads + 2 * kv) * hd + heads * hd * h
+            flops = 2.0 * tokens * proj + 4.0 * heads * hd * context_total
+            return flops, (proj + 2 * kv * hd * context_total + 2 * tokens * h) * d
+        if op == "predictor_gpu":
+            weights = h * PREDICTOR_HIDDEN + PREDICTOR_HIDDEN * self.shape.num_experts
+            return 2.0 * tokens * weights, weights * d
+        intermediate = {
+            "expert": self.shape.expert_intermediate_size,
+            "shared": self.shape.shared_intermediate_size,
+            "dense": self.shape.dense_intermediate_size or self.shape.expert_intermediate_size,
+        }[op]
         weights = 3 * h * intermediate
-        return self._op(
-            op, tokens, 2.0 * tokens * weights, weights * self._dtype + 2 * tokens * h * self._dtype
-        )
+        return 2.0 * tokens * weights, weights * d + 2 * tokens * h * d
+
+    def _op(self, op: str, tokens: int, context_total: int = 0) -> float:
+        curve = self._curves.get(op)
+        if curve is None:
+            seconds = self._roofline(op, *self._work(op, tokens, context_total))
+        elif op == "attention":  # measured grids are looked up at the mean context per token
+            seconds = curve.at(tokens, context_total / max(tokens, 1))
+        else:
+            seconds = curve.at(tokens)
+        return seconds * self.scale
 
     # -- ops (``tokens``: tokens processed by the call)
 
     def _norm_s(self, tokens: int) -> float:
-        h = self.shape.hidden_size
-        return self._op("norm", tokens, 4.0 * tokens * h, 2 * tokens * h * self._dtype)
+        return self._op("norm", tokens)
 
     def _add_s(self, tokens: int) -> float:
-        h = self.shape.hidden_size
-        return self._op("add", tokens, tokens * h, 3 * tokens * h * self._dtype)
+        return self._op("add", tokens)
 
     def _router_s(self, tokens: int) -> float:
-        h, e = self.shape.hidden_size, self.shape.num_experts
-        return self._op("router", tokens, 2.0 * tokens * h * e, (h * e + tokens * h) * self._dtype)
+        return self._op("router", tokens)
 
     def _expert_s(self, tokens: int) -> float:
         """One routed expert serving ``tokens`` tokens."""
-        return self._ffn("expert", tokens, self.shape.expert_intermediate_size)
+        return self._op("expert", tokens)
 
     def _shared_s(self, tokens: int) -> float:
         """All shared experts of a layer (0 when the model has none)."""
-        if not self.shape.num_shared_experts:
-            return 0.0
-        return self._ffn("shared", tokens, self.shape.shared_intermediate_size)
+        return self._op("shared", tokens) if self.shape.num_shared_experts else 0.0
 
     def _dense_s(self, tokens: int) -> float:
         """The MLP of a dense (non-MoE) decoder layer."""
-        return self._ffn(
-            "dense", tokens, self.shape.dense_intermediate_size or self.shape.expert_intermediate_size
-        )
+        return self._op("dense", tokens)
 
     def _attention_s(self, tokens: int, context_total: int) -> float:
         """Self-attention of one layer for ``tokens`` new positions attending ``context_total`` cached
-        positions in all (measured grids are looked up at the mean context per token)."""
-        curve = self._curves.get("attention")
-        if curve is not None:
-            return curve.at(tokens, context_total / max(tokens, 1)) * self.scale
-        h, heads, kv, hd = self.shape.hidden_size, self._heads, self._kv_heads, self._head_dim
-        proj = h * (heads + 2 * kv) * hd + heads * hd * h
-        flops = 2.0 * tokens * proj + 4.0 * heads * hd * context_total
-        nbytes = (proj + 2 * kv * hd * context_total + 2 * tokens * h) * self._dtype
-        return self._roofline("attention", flops, nbytes) * self.scale
+        positions in all."""
+        return self._op("attention", tokens, context_total)
+
+    def _gpu_s(self, op: str, tokens: int, context_total: int = 0) -> float:
+        """GPU time of one call of ``op`` (an op of ``KERNELS``): its roofline work, never more than its op
+        time (a measured curve bounds it from above); 0 for shared experts of a model without them."""
+        if op == "shared" and not self.shape.num_shared_experts:
+            return 0.0
+        work = self._work_s(*self._work(op, tokens, context_total)) * self.scale
+        return min(work, self._op(op, tokens, context_total))
 
     def _predictor_s(self, kind: str | None, tokens: int, device: str = "gpu") -> float:
         """Time of one prediction for ``tokens`` tokens: "mlp" (the paper's d->2048->E MLP, on the GPU side
@@ -147,8 +178,7 @@ class CostModel:
             return CPU_CALL_OVERHEAD_S + flops / (self.hardware.compute.cpu_gflops * 1e9)
         if device != "gpu":
             raise ValueError(f"predictor device must be gpu or cpu, got '{device}'")
-        nbytes = (h * PREDICTOR_HIDDEN + PREDICTOR_HIDDEN * e) * self._dtype
-        return self._op("predictor_gpu", tokens, flops, nbytes)
+        return self._op("predictor_gpu", tokens)
 
     def host_layer_s(self, tokens: int) -> float:
         """Host time per MoE layer outside the ops (the executor's decisions, events, polling), measured

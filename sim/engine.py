@@ -2,28 +2,33 @@
 
 One SimPy process is the host: it delivers the controller's events (sim.controller) at simulated times,
 issues the transfers the controller returns onto the PCIe link (sim.link, a fluid model of the copy
-engines advanced lazily), and books compute-stream time from the cost model (sim.costs).
+engines advanced lazily), and launches ops whose times come from the cost model (sim.costs).
 
-Timing model of one MoE decoder layer, on one compute stream (dense layers run straight through)::
+Two clocks, as in the live executor (sim.live), which this engine mirrors: the host thread's and the
+GPU compute stream's. The host launches every op and issues every copy; the GPU runs an op once it is
+launched and its inputs are there. Timing model of one MoE decoder layer::
 
-    norm | attention | add | norm | router | shared experts, routed experts (in arrival order) | add
-         ^ layer_start + prediction start (pre-attention predictor on a side stream or the CPU)
-                                           ^ router event: demand loads issued, experts launched
+    host: [wait: GPU past the router of two MoE layers back] norm | attention add norm router + host_layer
+          | router decision: issue copies | launch shared, hit experts, waiting experts (landing order), add
+    GPU:   norm | attention add norm router (R) | shared, experts (each: launched, and its copy landed) | add
+           ^ layer start marker: pre-attention predictor on a side stream (or on the CPU)
 
-- Each controller event is delivered at the later of its physical time and the previous delivery (the
-  host handles events in order; a slow predictor thus delays its layer's router decision). Landed
-  copies are reported to the controller right before each router event (the only decision that reads
-  them: hit versus late) and at the end.
-- The MoE block starts when the router event is delivered: shared experts and resident routed experts
-  first, then the others in the order their copies land; each starts at max(previous end, landing).
-  Its end is computed from the copies' landing times in one go: SimPy sees a handful of events per
-  layer, not one per op or copy.
+- Each op has an op time (the measured curve: at batch 1 the host's launch time) and a GPU time
+  (sim.costs.gpu_s). A GPU op ends at ``max(previous GPU end + its GPU time, the end of its launch)``;
+  an expert whose copy is not there also waits for the landing: ``max(landing + GPU time, ...)``. When the
+  GPU keeps up, step time is the host's sum of op times; when copies stall the GPU, the host runs on
+  and launches the next layer's ops meanwhile, up to the live executor's limit: at a MoE layer's start
+  it waits until the GPU has passed the router of two MoE layers back.
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
-  its router (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued, which
-  delays the compute stream at the point of issue (one host thread launches kernels and copies).
-- Stall of a layer = time its compute stream sat idle (waiting for copies or for the host).
-- A step's latency is the compute stream's time from the step's first op to its last, plus
-  ``step_overhead_s``; steps run back to back (the next token needs the previous one).
+  its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued.
+- A copy starts no earlier than the GPU marker it is gated on and the host's issue of it: layer-start and
+  layer-end copies behind the compute stream at that point, router copies behind the router, predicted
+  copies behind the predictor. The controller learns which copies landed right before each router
+  decision (at the host's time: the only decision that reads them, hit versus late) and at the end.
+- A step's latency is the GPU time from the previous step's end marker to this one's (recorded after
+  the step's last launch), plus ``step_overhead_s``. The next step starts when the previous token is
+  there: the host waits for the GPU at every step boundary.
+- Stall of a layer = the time its experts' copies held the GPU back (beyond what launches did).
 """
 
 from __future__ import annotations
@@ -113,24 +118,28 @@ def run_engine(
     step_overhead_s: float,
     timeline_steps: int = 0,
     max_timeline_intervals: int = 100_000,
+    predictor_on_host: bool = False,
 ) -> EngineOutput:
     """Simulate every step of ``controller``'s workload. ``predictor_s``: time from a layer's start to
-    its pre-attention prediction (0 for policies without predictor); ``gate_predictor_s``: time from a
-    router to the cross-layer prediction of the next layer."""
+    its pre-attention prediction (0 for policies without predictor; on a GPU side stream, or on the CPU
+    when ``predictor_on_host``, where the router decision waits for it); ``gate_predictor_s``: time
+    from a router to the cross-layer prediction of the next layer (a GPU side stream)."""
     env = simpy.Environment()
     state = _Run(controller, costs, link, shape, predictor_s, gate_predictor_s, step_overhead_s)
+    state.predictor_on_host = predictor_on_host
     state.timeline = _Timeline(timeline_steps, max_timeline_intervals)
     recording = state.timeline.on
     env.process(state.decode(env))
     env.run()
     busy_s = link.busy_s  # link activity during the decode; copies still in flight then land after it
     link.drain()
-    state.flush()
+    state.flush(INF)
     counters = controller.finish()
+    stall = np.asarray(state.stall, dtype=np.float64)
     return EngineOutput(
         step_latency_s=np.asarray(state.step_latency, dtype=np.float64),
-        stall_s=np.asarray(state.stall, dtype=np.float64),
-        compute_s=state.compute_busy,
+        stall_s=stall,
+        compute_s=state.t_compute - float(stall.sum()),
         total_s=state.t_compute,
         counters=counters,
         bytes_moved=link.bytes_moved,
@@ -160,9 +169,8 @@ class _Run:
         self.predictor_s = predictor_s
         self.gate_predictor_s = gate_predictor_s
         self.step_overhead_s = step_overhead_s
-        self.t_compute = 0.0  # compute stream is free from this time on
-        self.t_host = 0.0  # last event delivery
-        self.compute_busy = 0.0
+        self.predictor_on_host = False
+        self.t_compute = 0.0  # end of the last step on the GPU
         self.step_latency: list[float] = []
         self.stall = [0.0] * controller.num_layers
         self.events = 0
@@ -172,28 +180,37 @@ class _Run:
 
     # -- helpers
 
-    def flush(self) -> None:
-        """Tell the controller about copies that landed (all landed before the current host time)."""
+    def flush(self, host_s: float) -> None:
+        """Tell the controller about the copies that landed by host time ``host_s`` (the link may have
+        run further, to a copy gated on a GPU marker the host is ahead of)."""
         completed = self.link.completed
-        if completed:
-            self.controller.transfers_finished(completed)
-            if self.timeline.on:
-                for t in completed:
-                    kind = "demand" if t.demand else ("prefetch" if t.priority else "late prefetch")
-                    self.timeline.add(f"copy{t.engine}", kind, t.start_s, t.end_s, t.layer, t.expert)
-            completed.clear()
+        if not completed:
+            return
+        n = len(completed)
+        while n and completed[n - 1].end_s > host_s:
+            n -= 1
+        if not n:
+            return
+        landed = completed[:n]
+        del completed[:n]
+        self.controller.transfers_finished(landed)
+        if self.timeline.on:
+            for t in landed:
+                kind = "demand" if t.demand else ("prefetch" if t.priority else "late prefetch")
+                self.timeline.add(f"copy{t.engine}", kind, t.start_s, t.end_s, t.layer, t.expert)
 
     # -- the process
 
     def decode(self, env: simpy.Environment) -> Generator[simpy.Event, object, None]:
-        """The host process. Within a layer the controller's events are delivered at explicit times
-        (non-decreasing, the link advanced to each); the SimPy clock advances once per layer, to the
-        delivery of its layer_end, which keeps SimPy's work per token-layer to one timeout."""
+        """The host process. Within a layer the controller's events are delivered at explicit host times
+        (non-decreasing); the SimPy clock advances once per layer, to the host's time at its layer_end,
+        which keeps SimPy's work per token-layer to one timeout."""
         controller, costs, link = self.controller, self.costs, self.link
         timeline = self.timeline
         issue_point = controller.policy.issue_point
         pre_attention = issue_point == LAYER_START
         cross_layer = issue_point == ROUTER
+        on_host = self.predictor_on_host
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
         # (methods of the link and the controller are called through their objects, not bound to locals:
@@ -201,148 +218,178 @@ class _Run:
         sim_now = env.now
         stall = self.stall
         expert_s = costs.expert_s
+        gpu_s = costs.gpu_s
         issue_s = costs.issue_s
         timeout = env.timeout
         events = 0
-        t_c = 0.0  # the compute stream is free from t_c on
-        t_h = 0.0  # last event delivery (host time)
+        h = 0.0  # host: the time its next action starts
+        g = 0.0  # GPU compute stream: free from g on
+        boundary = 0.0  # GPU time of the last step's end marker
+        r_back2 = 0.0  # GPU times of the routers of the last two MoE layers (the host's look-ahead limit)
+        r_back1 = 0.0
 
         recording = timeline.on
         for s in range(controller.workload.num_steps):
             if recording and s >= timeline.steps:
                 timeline.on = recording = False
-            step_start = t_c
-            t_h = max(t_h, t_c)
+            step_start = boundary
+            if boundary > h:  # the next token needs the previous one
+                h = boundary
+            g = boundary
             issued = controller.begin_step(s)
             if issued:
-                link.submit_all(issued, t_h)
+                link.submit_all(issued, h)
+                h += len(issued) * issue_s
             step = controller.step
             assert step is not None
             n_tok = step.num_tokens
+            ctx = step.context_total
+            # op times (the host's launches, at batch 1) and GPU times of this step's ops
             norm = costs.norm_s(n_tok)
             add = costs.add_s(n_tok)
-            attn = costs.attention_s(n_tok, step.context_total)
+            attn = costs.attention_s(n_tok, ctx)
             router = costs.router_s(n_tok)
             shared = costs.shared_s(n_tok)
             c_one = expert_s(1)
-            before_router = attn + add + norm + router + costs.host_layer_s(n_tok)
-            busy = 0.0
+            host_pre = attn + add + norm + router + costs.host_layer_s(n_tok)
+            g_norm = gpu_s("norm", n_tok, 0)
+            g_add = gpu_s("add", n_tok, 0)
+            g_router = gpu_s("router", n_tok, 0)
+            g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router
+            g_shared = gpu_s("shared", n_tok, 0)
+            g_one = gpu_s("expert", 1, 0)
+            dense = 2 * norm + attn + costs.dense_s(n_tok) + 2 * add
+            g_dense = 2 * g_norm + gpu_s("attention", n_tok, ctx) + gpu_s("dense", n_tok, 0) + 2 * g_add
             j = 0
             for is_moe in self.layer_plan:
                 if not is_moe:
-                    layer_s = 2 * norm + attn + costs.dense_s(n_tok) + 2 * add
-                    timeline.add("compute", "dense layer", t_c, t_c + layer_s)
-                    t_c += layer_s
-                    busy += layer_s
+                    t = max(g, h) + g_dense
+                    h += dense
+                    if h > t:
+                        t = h
+                    timeline.add("compute", "dense layer", t - g_dense, t)
+                    g = t
                     continue
-                # layer start: the input norm is done, the pre-attention predictor starts
+                if r_back2 > h:  # at most one MoE layer ahead of the GPU
+                    h = r_back2
+                # layer start: the input norm is launched; on the GPU the pre-attention predictor starts
                 # (an empty batch is neither submitted nor charged: adding 0 * issue_s changes no float)
-                t_ls = t_c + norm
-                if t_ls > t_h:
-                    t_h = t_ls
-                issued = controller.layer_start(j)
-                t_router = t_ls + before_router
-                if issued:
-                    link.submit_all(issued, t_h)
-                    t_router += len(issued) * issue_s
+                g_ls = max(g, h) + g_norm
+                h += norm
+                if h > g_ls:
+                    g_ls = h
                 if recording:
-                    timeline.add("compute", "norm", t_c, t_ls, j)
-                    timeline.add("compute", "attention", t_ls, t_ls + attn, j)
-                    timeline.add("compute", "router", t_router - router, t_router, j)
+                    timeline.add("compute", "norm", g_ls - g_norm, g_ls, j)
+                issued = controller.layer_start(j)
+                if issued:
+                    link.submit_all(issued, g_ls)
+                    h += len(issued) * issue_s
+                t_pred = 0.0
                 if pre_attention:
-                    t_p = t_ls + predictor_s
+                    # on the CPU the host computes it (its router decision waits for it below)
+                    t_pred = (max(h, g_ls) if on_host else g_ls) + predictor_s
                     if recording:
-                        timeline.add("predictor", "predict", t_ls, t_p, j)
-                    if t_p > t_h:
-                        t_h = t_p
+                        timeline.add("predictor", "predict", t_pred - predictor_s, t_pred, j)
                     issued = controller.prediction_ready(j)
                     if issued:
-                        link.submit_all(issued, t_h)
-                        t_router += len(issued) * issue_s  # the host issues them during attention
-                # router: hits, late prefetches (promoted to demand), misses (demand loads)
-                if t_router > t_h:
-                    t_h = t_router
-                link.advance(t_h)  # learn which copies landed before the router: hit versus late
+                        link.submit_all(issued, max(h, t_pred))
+                        h += len(issued) * issue_s
+                # attention, add, norm, router and the executor's own work; then the router decision
+                h += host_pre
+                if on_host and t_pred > h:
+                    h = t_pred
+                t_router = g_ls + g_pre
+                if h > t_router:
+                    t_router = h
+                if recording:
+                    timeline.add("compute", "attention", g_ls, t_router - g_router, j)
+                    timeline.add("compute", "router", t_router - g_router, t_router, j)
+                link.advance(h)  # learn which copies landed before the decision: hit versus late
                 if link.completed:
-                    self.flush()
+                    self.flush(h)
                 decision = controller.router(j)
-                t_block = t_h
                 late, demands, prefetches = decision.late, decision.demands, decision.prefetches
                 if late:
                     link.promote_all(late, DEMAND)
                 if demands:
-                    link.submit_all(demands, t_h)
+                    link.submit_all(demands, t_router)
                 if prefetches:
-                    link.submit_all(prefetches, t_h)
+                    link.submit_all(prefetches, t_router)
                 if demands or prefetches:
-                    t_block += (len(demands) + len(prefetches)) * issue_s
+                    h += (len(demands) + len(prefetches)) * issue_s
                 if cross_layer and j + 1 < num_moe:
-                    t_p = t_router + gate_s
-                    if t_p > t_h:
-                        t_h = t_p
+                    t_pred = t_router + gate_s
                     issued = controller.prediction_ready(j + 1)
                     if issued:
-                        link.submit_all(issued, t_h)
-                        t_block += len(issued) * issue_s
-                # the MoE block: shared and resident experts first, then the others as their copies land
+                        link.submit_all(issued, max(h, t_pred))
+                        h += len(issued) * issue_s
+                # the MoE block: shared and hit experts launched first, then the others in landing order
+                t = t_router
+                if shared > 0:
+                    t += g_shared
+                    h += shared
+                    if h > t:
+                        t = h
+                    if recording:
+                        timeline.add("compute", "shared experts", t - g_shared, t, j)
                 status = decision.status
-                t = t_block + shared
-                work = shared
-                if recording and shared > 0:
-                    timeline.add("compute", "shared experts", t_block, t, j)
-                cs = [c_one] * len(status) if n_tok == 1 else [expert_s(x) for x in decision.tokens]
+                if n_tok == 1:
+                    cs = [c_one] * len(status)
+                    gs = [g_one] * len(status)
+                else:
+                    cs = [expert_s(x) for x in decision.tokens]
+                    gs = [gpu_s("expert", x, 0) for x in decision.tokens]
+                waiting: list[tuple[float, int]] = []
                 if late or demands:
                     late_iter, demand_iter = iter(late), iter(demands)
-                    waiting = []
                     for i, st in enumerate(status):
-                        c = cs[i]
-                        work += c
-                        if st == HIT:
-                            if recording:
-                                timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
-                            t += c
-                        else:
+                        if st != HIT:
                             transfer = next(late_iter) if st == LATE else next(demand_iter)
                             if transfer.state != DONE:  # no copy starts before this block ends
                                 link.advance(INF, transfer)
                             waiting.append((transfer.end_s, i))
                     waiting.sort()
-                    for landed, i in waiting:
-                        if landed > t:
-                            t = landed
-                        c = cs[i]
+                for i, st in enumerate(status):
+                    if st == HIT:
+                        t += gs[i]
+                        h += cs[i]
+                        if h > t:
+                            t = h
                         if recording:
-                            timeline.add("compute", "expert", t, t + c, j, decision.experts[i])
-                        t += c
-                else:  # every needed expert is on the GPU: they run back to back
+                            timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
+                layer_stall = 0.0
+                for landed, i in waiting:
+                    h += cs[i]
+                    ready = t + gs[i]  # without the copy
+                    if h > ready:
+                        ready = h
+                    t = max(t, landed) + gs[i]
+                    if h > t:
+                        t = h
+                    layer_stall += t - ready
                     if recording:
-                        timeline.add_run("compute", "expert", t, cs, j, decision.experts)
-                    for c in cs:
-                        t += c
-                        work += c
-                t += add
-                work += add
-                idle = (t - t_router) - work
-                if idle > 0.0:  # (a float sum of the same ops can land a hair below zero)
-                    stall[j] += idle
-                busy += before_router + norm + work
-                t_c = t
+                        timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
+                if layer_stall > 0.0:
+                    stall[j] += layer_stall
+                t += g_add
+                h += add
+                if h > t:
+                    t = h
+                g = t
+                r_back2, r_back1 = r_back1, t_router
                 # layer end: its experts may now be evicted. SimPy's clock is kept in sim_now, read once
                 # after each timeout (env.now is a property; the loop would read it twice per layer)
-                if t_c > t_h:
-                    t_h = t_c
-                if t_h > sim_now:
-                    yield timeout(t_h - sim_now)
+                if h > sim_now:
+                    yield timeout(h - sim_now)
                     sim_now = env.now
                     events += 1
                 issued = controller.layer_end(j)
                 if issued:
-                    link.submit_all(issued, t_h)
-                    t_c += len(issued) * issue_s
+                    link.submit_all(issued, max(h, g))
+                    h += len(issued) * issue_s
                 j += 1
             controller.end_step()
-            t_c += self.step_overhead_s
-            self.step_latency.append(t_c - step_start)
-            self.compute_busy += busy + self.step_overhead_s
-        self.t_compute = t_c
+            boundary = max(g, h) + self.step_overhead_s
+            self.step_latency.append(boundary - step_start)
+        self.t_compute = boundary
         self.events = events

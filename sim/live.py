@@ -24,7 +24,8 @@ Host-side scheduling mirrors the simulator's link model (sim.link):
   the moment that engine's last copy lands, as the simulator's link would) and goes on launching work;
   a copy into a slot whose previous copy is still in flight is committed behind that copy;
 - the host polls copy completions (``transfer_finished``) between kernel launches and while it waits,
-  and stays at most one MoE layer ahead of the GPU.
+  stays at most one MoE layer ahead of the GPU, and waits for the GPU at each step's end (the next
+  token's input is the previous one's output, which a real decoder samples on the host).
 
 A copy into a slot needs no wait for the slot's last reader: the controller evicts only entries whose
 layer has ended, and every gate is recorded on the compute stream after that layer's experts.
@@ -792,6 +793,7 @@ class _Decode:
             if timeline.on and s >= timeline.steps:
                 timeline.on = False
             tl = timeline.on
+            queue.wait_until(boundaries[-1])  # the next token needs the previous one (as sampling would)
             requests = controller.begin_step(s)
             if requests:
                 submit(requests, _Gate(boundaries[-1]))

@@ -150,31 +150,51 @@ def test_resident_latency_equals_compute_only_closed_form(scenario: dict) -> Non
 @SETTINGS
 @given(scenarios())
 def test_on_demand_without_cache_is_compute_plus_demand_transfers(scenario: dict) -> None:
-    """One copy engine, no cache: a layer's k demand copies start at the router back to back, each
-    expert runs as soon as its copy landed and the previous expert finished."""
+    """One copy engine, no cache: a layer's k demand copies start at the router back to back. The host
+    launches every op (its op time) and runs ahead of the GPU by at most one MoE layer; the GPU runs
+    an op once it is launched (its GPU time), an expert also once its copy landed; the host waits for
+    the GPU at each step's end."""
     hardware = tiny_hardware(engines=1, gbps=0.5)
     scenario = {**scenario, "hardware": hardware, "cache": CacheConfig(slots=0), "options": SimOptions()}
     result = run(scenario, "on-demand")
     shape = scenario["shape"]
     costs = CostModel(shape, hardware)
+    gpu = costs.gpu_s
     copy_s = hardware.copy.transfer_s(shape.bytes_per_expert)
     workload = Workload(scenario["trace"])
     expected = []
+    host = gpu_free = 0.0
+    routers = [0.0, 0.0]  # GPU times of the last two routers
     for s in range(workload.num_steps):
-        step = workload.step(s)
-        t = 0.0
+        context = workload.step(s).context_total
+        start = host = gpu_free
         for d in range(shape.num_layers):
-            t += costs.norm_s(1) + costs.attention_s(1, step.context_total) + costs.add_s(1) + costs.norm_s(1)
             if d not in shape.moe_layers:
-                t += costs.dense_s(1) + costs.add_s(1)
+                norm, add, attention = costs.norm_s(1), costs.add_s(1), costs.attention_s(1, context)
+                host_s = 2 * norm + attention + costs.dense_s(1) + 2 * add
+                gpu_s = 2 * gpu("norm", 1) + gpu("attention", 1, context) + gpu("dense", 1)
+                gpu_s += 2 * gpu("add", 1)
+                gpu_free = max(max(gpu_free, host) + gpu_s, host + host_s)
+                host += host_s
                 continue
-            t += costs.router_s(1)
-            router = t
-            t += costs.shared_s(1)
+            host = max(host, routers[0])
+            layer_start = max(max(gpu_free, host) + gpu("norm", 1), host + costs.norm_s(1))
+            host += costs.norm_s(1) + costs.attention_s(1, context) + costs.add_s(1) + costs.norm_s(1)
+            host += costs.router_s(1)
+            pre_router_gpu = gpu("attention", 1, context) + gpu("add", 1) + gpu("norm", 1) + gpu("router", 1)
+            router = max(layer_start + pre_router_gpu, host)
+            routers = [routers[1], router]
+            t = router
+            if shape.num_shared_experts:
+                host += costs.shared_s(1)
+                t = max(t + gpu("shared", 1), host)
             for i in range(shape.top_k):
-                t = max(t, router + (i + 1) * copy_s) + costs.expert_s(1)
-            t += costs.add_s(1)
-        expected.append(t)
+                host += costs.expert_s(1)
+                t = max(max(t, router + (i + 1) * copy_s) + gpu("expert", 1), host)
+            host += costs.add_s(1)
+            gpu_free = max(t + gpu("add", 1), host)
+        gpu_free = max(gpu_free, host)
+        expected.append(gpu_free - start)
     np.testing.assert_allclose(result.step_latency_s, expected, rtol=1e-9)
     assert result.misses.sum() == workload.num_steps * shape.num_moe_layers * shape.top_k
 
@@ -243,7 +263,7 @@ def test_reruns_are_bit_identical(scenario: dict) -> None:
 def test_prefetching_correct_experts_hides_copies_behind_attention() -> None:
     shape = tiny_shape(num_moe_layers=3)
     trace = tiny_trace(shape, accuracy=1.0)
-    hardware = tiny_hardware(engines=2, gbps=2.0)
+    hardware = tiny_hardware(engines=2, gbps=0.3)  # copies outlast the host's launches of a layer
     cache = CacheConfig(slots=6)
     on_demand = simulate(trace, shape, hardware, cache, PolicySpec("on-demand"))
     prefetch = simulate(trace, shape, hardware, cache, PolicySpec("pre-attention"))
@@ -253,7 +273,7 @@ def test_prefetching_correct_experts_hides_copies_behind_attention() -> None:
     assert prefetch.misses.sum() == 0 < on_demand.misses.sum()
 
 
-def test_slow_predictor_delays_the_router_decision() -> None:
+def test_slow_predictor_delays_the_copies_it_starts() -> None:
     shape = tiny_shape()
     trace = tiny_trace(shape, accuracy=1.0)
     hardware = tiny_hardware()
