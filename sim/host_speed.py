@@ -12,6 +12,9 @@ the gated live runs of one grid did).
 
 The probe is a fixed amount of interpreter work (dict and list traffic, like a decode loop's
 bookkeeping), a few milliseconds long; its time is comparable between processes on the same machine.
+A gate cannot see a switch in the middle of a run, so the live executor also takes a short probe at
+every step (``step_probe_s``, about 40 us): the validation then compares the simulator with the live
+steps that ran at the fast level as well as with all of them.
 """
 
 from __future__ import annotations
@@ -22,12 +25,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 #: loop iterations of one probe chunk (about 1.5 ms on the development VM, 1 ms on the H200 host)
 PROBE_ITERATIONS = 5000
 #: seconds of probing before a gate's first wait, to find the fast level
 SETTLE_S = 3.0
+#: loop iterations of one per-step probe chunk (about 13 us on the H200 host at its fast level)
+STEP_PROBE_ITERATIONS = 100
+#: a step ran at the fast level when its probe is within this factor of the fastest step probe seen
+#: (the levels were 2x apart; the fast level's short probes spread less than that)
+FAST_STEP_TOLERANCE = 1.5
 
 
 def work(n: int) -> int:
@@ -40,14 +50,33 @@ def work(n: int) -> int:
     return acc
 
 
-def probe_s(chunks: int = 5) -> float:
-    """Median seconds of ``chunks`` chunks of ``PROBE_ITERATIONS`` iterations of ``work``."""
+def _chunk_times(iterations: int, chunks: int) -> list[float]:
     times = []
     for _ in range(chunks):
         t0 = time.perf_counter()
-        work(PROBE_ITERATIONS)
+        work(iterations)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def probe_s(chunks: int = 5) -> float:
+    """Median seconds of ``chunks`` chunks of ``PROBE_ITERATIONS`` iterations of ``work``."""
+    return statistics.median(_chunk_times(PROBE_ITERATIONS, chunks))
+
+
+def step_probe_s(chunks: int = 3) -> float:
+    """The fastest of ``chunks`` chunks of ``STEP_PROBE_ITERATIONS`` iterations of ``work``: short enough
+    to take at every decode step, and the fastest chunk shows the core's level even when an interrupt
+    lands in another (at the slow level every chunk is slow)."""
+    return min(_chunk_times(STEP_PROBE_ITERATIONS, chunks))
+
+
+def fast_steps(
+    probes_s: np.ndarray, reference_s: float, tolerance: float = FAST_STEP_TOLERANCE
+) -> np.ndarray:
+    """Mask of the steps whose probe shows the fast level: within ``tolerance`` of ``reference_s`` (the
+    fastest step probe of the comparison)."""
+    return np.asarray(probes_s) <= tolerance * reference_s
 
 
 @dataclass(frozen=True)
@@ -126,4 +155,16 @@ class HostGate:
                 return GatedRun(value, before, after, attempt, not self.fast(after))
 
 
-__all__ = ["PROBE_ITERATIONS", "SETTLE_S", "GateResult", "GatedRun", "HostGate", "probe_s", "work"]
+__all__ = [
+    "FAST_STEP_TOLERANCE",
+    "PROBE_ITERATIONS",
+    "SETTLE_S",
+    "STEP_PROBE_ITERATIONS",
+    "GateResult",
+    "GatedRun",
+    "HostGate",
+    "fast_steps",
+    "probe_s",
+    "step_probe_s",
+    "work",
+]

@@ -59,6 +59,7 @@ from sim.config import RunConfig, SimOptions, trace_fingerprint
 from sim.controller import HIT, LATE, DecodeController, FetchRequest, run_decisions
 from sim.costs import CostModel
 from sim.hardware import HardwareProfile
+from sim.host_speed import step_probe_s
 from sim.policies import LAYER_START, ROUTER, Policy, PolicySpec, make_policy
 from sim.results import SimResult
 from sim.simulation import check_compatible, measured_tokens, timing_estimates
@@ -725,6 +726,7 @@ def run_live(
         },
         timeline=decode.timeline.intervals(),
         wall_s=time.perf_counter() - started,
+        host_probe_s=np.asarray(decode.host_probe_s)[step_of_token] if len(step_of_token) else np.zeros(0),
     )
 
 
@@ -764,6 +766,8 @@ class _Decode:
         )
         # per MoE layer: compute-stream markers around each wait for a copy (recorded with the timeline)
         self.waits: list[list[tuple[Any, Any]]] = [[] for _ in range(model.shape.num_moe_layers)]
+        #: per step: the host core's speed right before it (sim.host_speed.step_probe_s)
+        self.host_probe_s: list[float] = []
 
     def run(self) -> tuple[np.ndarray, np.ndarray]:
         """Decode; returns per-step latency and per-MoE-layer copy-wait stall (seconds; NaN where the
@@ -789,10 +793,12 @@ class _Decode:
         boundaries = [marker(timing=True)]
         timeline.origin = boundaries[0]
         router_marks: list[Any] = []
+        probes = self.host_probe_s
         for s in range(self.num_steps):
             if timeline.on and s >= timeline.steps:
                 timeline.on = False
             tl = timeline.on
+            probes.append(step_probe_s())  # the host core's speed level (mostly behind the GPU's tail)
             queue.wait_until(boundaries[-1])  # the next token needs the previous one (as sampling would)
             requests = controller.begin_step(s)
             if requests:

@@ -34,6 +34,8 @@ class SimResult:
     sequence's successive tokens); ``decode_token``: tokens that count in the latency summary (decode
     tokens after the warm-up steps). Per MoE layer: ``stall_s`` (compute stream idle), ``hits``,
     ``late`` (copy issued, not landed at the router), ``misses`` (absent, demand-loaded).
+    ``host_probe_s`` (live runs): per token, how fast the host core ran in the step that produced it
+    (``sim.host_speed.step_probe_s``: seconds of a fixed piece of interpreter work; None if not taken).
     """
 
     config: RunConfig
@@ -53,6 +55,7 @@ class SimResult:
     counters: dict[str, int] = field(default_factory=dict)
     timeline: list[tuple] | None = None
     wall_s: float = 0.0
+    host_probe_s: np.ndarray | None = None
 
     # -- summary
 
@@ -139,11 +142,13 @@ class SimResult:
             "link_capacity_bps": self.link_capacity_bps,
             "wall_s": self.wall_s,
             "timeline": None if self.timeline is None else [list(i) for i in self.timeline],
+            "host_probe_s": None if self.host_probe_s is None else self.host_probe_s.tolist(),
         }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> SimResult:
         timeline = doc.get("timeline")
+        probes = doc.get("host_probe_s")
         return cls(
             config=RunConfig.from_dict(doc["config"]),
             clock=doc["clock"],
@@ -162,6 +167,7 @@ class SimResult:
             counters={k: int(v) for k, v in doc.get("counters", {}).items()},
             timeline=None if timeline is None else [tuple(i) for i in timeline],
             wall_s=float(doc.get("wall_s", 0.0)),
+            host_probe_s=None if probes is None else np.asarray(probes, dtype=np.float64),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
@@ -195,6 +201,7 @@ def results_table(results: list[SimResult]) -> pa.Table:
     for name in _RAW_SCALARS:
         columns[f"raw_{name}"] = [float(getattr(r, name)) for r in results]
     columns["wall_s"] = [r.wall_s for r in results]
+    columns["host_probe_s"] = [None if r.host_probe_s is None else r.host_probe_s.tolist() for r in results]
     columns["counters"] = [json.dumps(r.counters, sort_keys=True) for r in results]
     columns["config"] = [r.config.to_json() for r in results]
     columns["timeline"] = [
@@ -245,6 +252,7 @@ def read_results(path: str | os.PathLike[str]) -> list[SimResult]:
             counters=json.loads(row["counters"]),
             timeline=None if row["timeline"] is None else json.loads(row["timeline"]),
             wall_s=row.get("wall_s", 0.0),
+            host_probe_s=row.get("host_probe_s"),  # optional: tables written before it lack the column
         )
         out.append(SimResult.from_dict(doc))
     return out

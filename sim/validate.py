@@ -44,7 +44,7 @@ import numpy as np
 from sim.cache import CacheConfig
 from sim.config import SimOptions
 from sim.hardware import HardwareProfile, load_profile
-from sim.host_speed import GatedRun, HostGate
+from sim.host_speed import GatedRun, HostGate, fast_steps
 from sim.policies import PolicySpec
 from sim.results import SimResult
 from sim.retarget import retarget_trace
@@ -347,6 +347,7 @@ def compare(live: Sequence[SimResult], sim: Sequence[SimResult]) -> list[dict[st
     for r in live:
         if r.clock == "live":
             passes.setdefault(_identity(r), []).append(r)
+    reference = fastest_step_probe(live)
     rows = []
     for identity, runs in passes.items():
         sr = sims.get(identity)
@@ -389,9 +390,38 @@ def compare(live: Sequence[SimResult], sim: Sequence[SimResult]) -> list[dict[st
                 "live_stall_ms": a["stall_s"] * 1e3,
                 "sim_stall_ms": b["stall_s"] * 1e3,
                 "live_runs_ended_slow": _ended_slow(runs),
+                **_fast_step_error(runs, sr, reference),
             }
         )
     return rows
+
+
+def fastest_step_probe(live: Sequence[SimResult]) -> float | None:
+    """The fastest per-step host probe of all live runs (the fast level's reference), None if no run
+    took them."""
+    probes = [r.host_probe_s for r in live if r.host_probe_s is not None and r.host_probe_s.size]
+    return float(min(p.min() for p in probes)) if probes else None
+
+
+def _fast_step_error(runs: Sequence[SimResult], sim: SimResult, reference: float | None) -> dict[str, Any]:
+    """The mean error over the measured tokens whose step ran with the host core at its fast level
+    (``sim.host_speed.fast_steps``), the simulator's mean taken over the same tokens, and the share of
+    measured tokens that were such (NaN where no probes were taken or no step was fast)."""
+    live_latency, sim_latency, measured = [], [], 0
+    for r in runs:
+        if reference is None or r.host_probe_s is None:
+            return {"fast_step_share": float("nan"), "mean_err_fast": float("nan")}
+        mask = r.decode_token & fast_steps(r.host_probe_s, reference)
+        live_latency.append(r.token_latency_s[mask])
+        sim_latency.append(sim.token_latency_s[mask])
+        measured += int(np.count_nonzero(r.decode_token))
+    fast_live, fast_sim = np.concatenate(live_latency), np.concatenate(sim_latency)
+    if not fast_live.size:
+        return {"fast_step_share": 0.0, "mean_err_fast": float("nan")}
+    return {
+        "fast_step_share": fast_live.size / measured,
+        "mean_err_fast": _error(float(fast_sim.mean()), float(fast_live.mean())),
+    }
 
 
 def _ended_slow(runs: Sequence[SimResult]) -> int | None:
@@ -505,9 +535,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The per-configuration table as Markdown."""
     head = (
         "| shape | cache | policy | live mean ms | sim mean ms | err | live p50 | sim p50 | err | live p99 "
-        "| sim p99 | err | live spread | hits+late live/sim | misses live/sim | transfers | GB moved |"
+        "| sim p99 | err | live spread | hits+late live/sim | misses live/sim | transfers | GB moved "
+        "| fast steps | err there |"
     )
-    lines = [head, "|" + "---|" * 17]
+    lines = [head, "|" + "---|" * 19]
     for r in sorted(rows, key=lambda r: (r["shape"], r["cache_fraction"], r["live_mean_ms"])):
         lines.append(
             f"| {r['shape']} | {r['cache_fraction']:g} | {r['policy']} | {r['live_mean_ms']:.2f} | "
@@ -515,9 +546,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r['sim_p50_ms']:.2f} | {r['p50_err']:+.1%} | {r['live_p99_ms']:.2f} | "
             f"{r['sim_p99_ms']:.2f} | {r['p99_err']:+.1%} | {r['live_spread']:.1%} | "
             f"{r['live_hits'] + r['live_late']}/{r['sim_hits'] + r['sim_late']} | "
-            f"{r['live_misses']}/{r['sim_misses']} | {r['transfers']} | {r['bytes_moved'] / 1e9:.2f} |"
+            f"{r['live_misses']}/{r['sim_misses']} | {r['transfers']} | {r['bytes_moved'] / 1e9:.2f} | "
+            f"{_percent(r.get('fast_step_share'), '.0%')} | {_percent(r.get('mean_err_fast'), '+.1%')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None, spec: str) -> str:
+    return "-" if value is None or np.isnan(value) else format(value, spec)
 
 
 def fidelity_summary(rows: list[dict[str, Any]], ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -537,6 +573,21 @@ def fidelity_summary(rows: list[dict[str, Any]], ranks: list[dict[str, Any]]) ->
         "rankings_identical": sum(1 for r in ranks if r["same"]),
         "ranking_groups": len(ranks),
         **_fast_host_summary(rows, mean_errs),
+        **_fast_step_summary(rows),
+    }
+
+
+def _fast_step_summary(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many rows have fast-level steps, and how many of those meet the mean target over them (empty
+    when no live run took per-step probes)."""
+    errs = np.array([abs(r.get("mean_err_fast", float("nan"))) for r in rows], dtype=np.float64)
+    have = ~np.isnan(errs)
+    if not have.any():
+        return {}
+    return {
+        "rows_with_fast_steps": int(have.sum()),
+        "mean_within_5pct_fast_steps": int((errs[have] <= MEAN_TARGET).sum()),
+        "median_fast_step_share": float(np.nanmedian([r["fast_step_share"] for r in rows])),
     }
 
 

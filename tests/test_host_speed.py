@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from sim import host_speed
@@ -22,6 +23,12 @@ def probes(monkeypatch):
 def test_the_probe_times_a_fixed_amount_of_work() -> None:
     assert host_speed.work(100) == host_speed.work(100)
     assert 0 < host_speed.probe_s(chunks=1) < 1.0
+
+
+def test_the_step_probe_is_short_and_the_fast_steps_are_within_the_tolerance_of_the_fastest() -> None:
+    assert 0 < host_speed.step_probe_s() < host_speed.probe_s()
+    mask = host_speed.fast_steps(np.array([1.0, 1.4, 1.6, 2.0]) * 1e-5, 1e-5)
+    assert mask.tolist() == [True, True, False, False]
 
 
 def test_a_gate_waits_through_slow_probes_until_the_fast_level(probes) -> None:

@@ -210,6 +210,9 @@ def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_pat
     ]
     rows = v.compare(live, v.simulate_grid(grid, hardware))
     assert len(rows) == 3 and all(r["misses_identical"] and r["live_passes"] == 2 for r in rows)
+    # every token carries its step's host probe, so the fast-step error is defined
+    assert all(r.host_probe_s.shape == r.token_latency_s.shape and (r.host_probe_s > 0).all() for r in live)
+    assert all(0 < r["fast_step_share"] <= 1 for r in rows)
 
 
 def test_policies_the_simulator_ties_are_no_ranking_disagreement(results) -> None:
@@ -246,3 +249,37 @@ def test_a_gated_grid_repeats_a_run_the_host_ended_slow_and_records_the_probes(t
     assert fidelity["rows_all_runs_fast"] == 2
     assert 0 <= fidelity["mean_within_5pct_all_runs_fast"] <= 2
     assert v.gate_summary([dataclasses.replace(r, counters={}) for r in live]) == {}
+
+
+def _probed(result, slow_tokens: list[int], slowdown: float):
+    """A live copy of ``result`` whose per-step probes show the slow level (2x) at ``slow_tokens``,
+    where its latency is also ``slowdown`` times the simulated one."""
+    probes = np.full(result.token_latency_s.size, 10e-6)
+    probes[slow_tokens] = 20e-6
+    latency = result.token_latency_s.copy()
+    latency[slow_tokens] *= slowdown
+    return dataclasses.replace(_scaled(result, 1.0), token_latency_s=latency, host_probe_s=probes)
+
+
+def test_steps_the_host_ran_slow_are_left_out_of_the_fast_step_error(results) -> None:
+    sim = results[0]
+    measured = np.flatnonzero(sim.decode_token)
+    slow = list(measured[:3])
+    (row,) = v.compare([_probed(sim, slow, 1.8)], [sim])
+    assert row["mean_err"] < -0.05  # every step counted: the slow ones make live look slower
+    assert row["mean_err_fast"] == pytest.approx(0.0, abs=1e-12)
+    assert row["fast_step_share"] == pytest.approx(1 - 3 / measured.size)
+    summary = v.fidelity_summary([row], [])
+    assert summary["rows_with_fast_steps"] == 1 and summary["mean_within_5pct_fast_steps"] == 1
+
+
+def test_a_model_error_stays_visible_over_the_fast_steps(results) -> None:
+    sim = results[0]
+    live = _probed(_scaled(sim, 1.2), [], 1.0)
+    (row,) = v.compare([live], [sim])
+    assert row["mean_err_fast"] == pytest.approx(row["mean_err"]) == pytest.approx(1 / 1.2 - 1)
+
+
+def test_runs_without_probes_have_no_fast_step_error(results) -> None:
+    (row,) = v.compare([_scaled(results[0], 1.0)], [results[0]])
+    assert np.isnan(row["mean_err_fast"]) and "rows_with_fast_steps" not in v.fidelity_summary([row], [])

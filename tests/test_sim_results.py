@@ -57,6 +57,19 @@ def test_json_round_trip(tmp_path: Path, results: list[SimResult]) -> None:
     results[0].to_json(path)
     back = SimResult.read_json(path)
     assert back.summary_row() == results[0].summary_row()
+    assert back.host_probe_s is None
+
+
+def test_live_host_probes_survive_both_files_and_simulated_runs_have_none(
+    tmp_path: Path, results: list[SimResult]
+) -> None:
+    probes = np.linspace(1e-5, 2e-5, results[0].token_latency_s.size)
+    live = dataclasses.replace(results[0], clock="live", host_probe_s=probes)
+    write_results([live, results[1]], tmp_path / "r.parquet")
+    back_live, back_sim = read_results(tmp_path / "r.parquet")
+    assert np.array_equal(back_live.host_probe_s, probes) and back_sim.host_probe_s is None
+    live.to_json(tmp_path / "r.json")
+    assert np.array_equal(SimResult.read_json(tmp_path / "r.json").host_probe_s, probes)
 
 
 def test_unreadable_results_are_refused(tmp_path: Path) -> None:

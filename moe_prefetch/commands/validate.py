@@ -111,6 +111,12 @@ def _run(args: argparse.Namespace) -> int:
             f"{summary['rows_all_runs_fast']} configurations had every live run end at the host's fast "
             f"level; {summary['mean_within_5pct_all_runs_fast']} of them with mean within 5%"
         )
+    if "rows_with_fast_steps" in summary:
+        print(
+            f"over the steps the host core ran at its fast level (per-step probes; median share "
+            f"{summary['median_fast_step_share']:.0%}): {summary['mean_within_5pct_fast_steps']}/"
+            f"{summary['rows_with_fast_steps']} configurations with mean within 5%"
+        )
     if gates:
         print(
             f"host gate: {gates['gated_runs']} live runs waited {gates['gate_wait_s']:.1f} s in all for the "
