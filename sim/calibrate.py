@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from sim.host_speed import HostGate
+from sim.host_speed import HostGate, fast_steps
 from traces.schema import ModelShape
 
 T = TypeVar("T")
@@ -138,6 +138,9 @@ class HostRun:
     shape: str
     kind: str
     step_latency_s: list[float]
+    #: per step, the host core's speed right before it (sim.host_speed.step_probe_s; empty in runs
+    #: kept before the probes existed)
+    host_probe_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -592,7 +595,9 @@ def record_host_run(
     live_options = live.LiveOptions(device=str(device), host_budget_bytes=budget)
     model = live.open_model(small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options)
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
-    return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s])
+    # (the host-cost trace is one sequence decoded at batch 1: token i is step i)
+    probes = [] if ran.host_probe_s is None else [float(x) for x in ran.host_probe_s]
+    return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s], probes)
 
 
 def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
@@ -605,33 +610,57 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
       of the first shape's oracle run equals the live one (bisection). It holds everything a copy costs
       the host thread (dispatch, decisions, polling, events), which adding up its parts had
       underestimated about fivefold on the H200.
+
+    Measured steps are those after ``HOST_WARMUP_STEPS`` that ran with the host core at its fast level
+    (``host_fit_steps``).
     """
     from sim.simulation import simulate
 
-    runs = {(r.shape, r.kind): np.asarray(r.step_latency_s) for r in result.host_runs}
+    runs = {(r.shape, r.kind): r for r in result.host_runs}
+    steps = host_fit_steps(result.host_runs)
     result.issue_s, result.host_layer_s = 0.0, {}
     ops_only = to_profile(result, shapes)  # the measured ops, no host costs yet
     for shape in shapes:
-        if (shape.name, "layer") not in runs:
+        run = runs.get((shape.name, "layer"))
+        if run is None:
             continue
         small, trace = host_workload(shape)
         simulated = simulate(trace, small, ops_only, *host_run_setup("layer"))
-        diff = (runs[shape.name, "layer"] - simulated.step_latency_s)[HOST_WARMUP_STEPS:]
+        mask = steps[shape.name, "layer"]
+        diff = (np.asarray(run.step_latency_s) - simulated.step_latency_s)[mask]
         result.host_layer_s[shape.name] = float(np.median(diff)) / small.num_moe_layers
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
         return
-    shape, latency = copy_runs[0]
+    shape, run = copy_runs[0]
     small, trace = host_workload(shape)
     setup = host_run_setup("copy")
     profile = to_profile(result, shapes)
-    target = float(latency[HOST_WARMUP_STEPS:].mean())
+    mask = steps[shape.name, "copy"]
+    target = float(np.asarray(run.step_latency_s)[mask].mean())
 
     def simulated_mean(issue_s: float) -> float:
         hardware = profile.with_copy(issue_s=issue_s)
-        return simulate(trace, small, hardware, *setup).summary()["mean_latency_s"]
+        return float(simulate(trace, small, hardware, *setup).step_latency_s[mask].mean())
 
     result.issue_s = fit_scalar(simulated_mean, target, 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
+
+
+def host_fit_steps(runs: Sequence[HostRun]) -> dict[tuple[str, str], np.ndarray]:
+    """Per host-cost run, the steps its fit uses: after ``HOST_WARMUP_STEPS``, and, where the run took
+    per-step probes, only those at the host core's fast level (within ``FAST_STEP_TOLERANCE`` of the
+    fastest probe of all the runs); all measured steps if none of a run's steps was fast."""
+    probed = [np.asarray(r.host_probe_s) for r in runs if len(r.host_probe_s) == len(r.step_latency_s)]
+    reference = min((float(p.min()) for p in probed if p.size), default=None)
+    masks = {}
+    for r in runs:
+        measured = np.arange(len(r.step_latency_s)) >= HOST_WARMUP_STEPS
+        mask = measured
+        if reference is not None and len(r.host_probe_s) == len(r.step_latency_s):
+            fast = measured & fast_steps(np.asarray(r.host_probe_s), reference)
+            mask = fast if fast.any() else measured
+        masks[r.shape, r.kind] = mask
+    return masks
 
 
 def copy_engine_count(device: Any) -> int | None:
@@ -710,6 +739,11 @@ def calibrate(
             timings[shape.name] = gate(f"ops {shape.name}", lambda s=shape: measure_shape(watch, s, effort))
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+        for phase, value in gate.redo_slow().items():  # met before the fast level was known
+            if phase == "launch overhead":
+                launch = value
+            else:
+                timings[phase.removeprefix("ops ")] = value
     env = _environment(dev)
     result = Calibration(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -744,12 +778,14 @@ class _PhaseGate:
         self.gate = HostGate(timeout_s=timeout_s) if timeout_s > 0 else None
         self.say = say
         self.log: list[dict[str, Any]] = []
+        self.measures: dict[str, Callable[[], Any]] = {}
 
     def __call__(self, phase: str, measure: Callable[[], T]) -> T:
         if self.gate is None:
             return measure()
         if not self.log:
             self.gate.settle()
+        self.measures[phase] = measure
         gated = self.gate.run(measure)
         before = gated.before
         self.log.append(
@@ -769,6 +805,23 @@ class _PhaseGate:
                 f"{gated.attempts} attempt(s)" + (", still ended slow" if gated.slow_after else "")
             )
         return gated.value
+
+    def redo_slow(self) -> dict[str, Any]:
+        """Measure again, once, each phase so far whose probes were slow by the fastest probe seen since:
+        the gate learns the fast level from its probes, so a core that sat at its slow level through the
+        settling let the first phases through at that level. Returns the new values by phase."""
+        if self.gate is None:
+            return {}
+        slow = [
+            e["phase"]
+            for e in self.log
+            if not (self.gate.fast(e["probe_s"]) and self.gate.fast(e["after_s"]))
+        ]
+        values = {}
+        for phase in dict.fromkeys(slow):
+            self.say(f"host gate: {phase}: measured again (the core was at its slow level then)")
+            values[phase] = self(phase, self.measures[phase])
+        return values
 
     def record(self) -> tuple[float, list[dict[str, Any]]]:
         """(fastest probe seen, one entry per gated phase) for the Calibration."""

@@ -159,3 +159,32 @@ def test_an_ungated_calibration_leaves_no_host_probe_in_the_profile() -> None:
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
     assert result.host_probe_s == 0.0 and result.host_gates == []
     assert "host_probe_s" not in cal.to_profile(result, [TINY]).to_dict()["meta"]
+
+
+def test_host_costs_are_fitted_to_the_steps_the_host_ran_at_its_fast_level() -> None:
+    warm = cal.HOST_WARMUP_STEPS
+    fast_and_slow = cal.HostRun("a", "layer", [1.0] * 8, [1e-5] * 5 + [2e-5] * 3)
+    all_slow = cal.HostRun("b", "layer", [1.0] * 8, [2e-5] * 8)
+    unprobed = cal.HostRun("c", "copy", [1.0] * 8)
+    masks = cal.host_fit_steps([fast_and_slow, all_slow, unprobed])
+    assert np.flatnonzero(masks["a", "layer"]).tolist() == list(range(warm, 5))
+    assert np.flatnonzero(masks["b", "layer"]).tolist() == list(range(warm, 8))  # none fast: all measured
+    assert np.flatnonzero(masks["c", "copy"]).tolist() == list(range(warm, 8))
+
+
+def test_phases_measured_before_the_fast_level_was_seen_are_measured_again(monkeypatch) -> None:
+    from sim import host_speed
+
+    probes = [2e-3, 2e-3, 2e-3, 1e-3]  # launch overhead: before, after; ops: before, after
+    monkeypatch.setattr(host_speed, "probe_s", lambda: probes.pop(0) if probes else 1e-3)
+    monkeypatch.setattr(host_speed, "SETTLE_S", 0.0)
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_gate_timeout_s=1.0)
+    assert [g["phase"] for g in result.host_gates] == [
+        "launch overhead",
+        f"ops {TINY.name}",
+        "launch overhead",
+        f"ops {TINY.name}",
+        f"host layer {TINY.name}",
+        f"host copy {TINY.name}",
+    ]
+    assert result.host_probe_s == 1e-3 and result.host_gates[2]["probe_s"] == 1e-3
