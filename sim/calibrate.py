@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from sim.hardware import GPU_TIMED_OPS
 from sim.host_speed import HostGate, fast_steps
 from traces.schema import ModelShape
 
@@ -126,6 +127,9 @@ class ShapeTimings:
     dense_s: list[float] = field(default_factory=list)  # [tokens], empty without dense layers
     predictor_gpu_s: list[float] = field(default_factory=list)  # [batch]
     predictor_cpu_s: list[float] = field(default_factory=list)  # [batch]
+    #: GPU time alone of each op of sim.hardware.GPU_TIMED_OPS (launches hidden behind a sleeping
+    #: kernel), indexed like its op curve above; empty on the CPU and in calibrations that predate it
+    gpu_s: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -278,13 +282,21 @@ class Stopwatch:
         return self.per_call_all([fn], inner, reps)[0]
 
     def per_call_all(
-        self, fns: Sequence[Callable[[int], Any]], inner: int | None = None, reps: int | None = None
+        self,
+        fns: Sequence[Callable[[int], Any]],
+        inner: int | None = None,
+        reps: int | None = None,
+        queued: bool = False,
     ) -> list[float]:
         """Per-call medians of several callables measured in interleaved rounds (every repetition times
-        each callable once), so a drift of the host's speed during calibration affects them alike."""
+        each callable once), so a drift of the host's speed during calibration affects them alike.
+
+        ``queued`` (GPU only): each burst waits behind a sleeping kernel that outlasts its launches, so
+        the interval is the GPU's time alone, back to back, whatever the host's launch speed."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
         calls = [0] * len(fns)
+        launch_s = [0.0] * len(fns)
 
         def burst(k: int) -> None:
             fn, c = fns[k], calls[k]
@@ -293,17 +305,22 @@ class Stopwatch:
             calls[k] = c + inner
 
         for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
             for i in range(self.effort.warmup):
                 fn(i)
+            launch_s[k] = (time.perf_counter() - t0) / max(1, self.effort.warmup)
             calls[k] = self.effort.warmup
         self.sync()
         samples: list[list[float]] = [[] for _ in fns]
         if self.cuda:
             event = self.torch.cuda.Event
+            cycles_per_s = self._sleep_cycles_per_s() if queued else 0.0
             marks = []
             for _ in range(reps):
                 for k in range(len(fns)):
                     start, end = event(enable_timing=True), event(enable_timing=True)
+                    if queued:  # hold the stream while the burst's launches queue up behind it
+                        self.torch.cuda._sleep(int((2 * inner * launch_s[k] + 50e-6) * cycles_per_s))
                     start.record()
                     burst(k)
                     end.record()
@@ -318,6 +335,17 @@ class Stopwatch:
                     burst(k)
                     samples[k].append((time.perf_counter() - t0) / inner)
         return [median(x) for x in samples]
+
+    def _sleep_cycles_per_s(self) -> float:
+        """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel), timed once."""
+        cycles = 2_000_000
+        start = self.torch.cuda.Event(enable_timing=True)
+        end = self.torch.cuda.Event(enable_timing=True)
+        start.record()
+        self.torch.cuda._sleep(cycles)
+        end.record()
+        self.sync()
+        return cycles / (start.elapsed_time(end) / 1e3)
 
     def wall_s(self, fn: Callable[[], Any], reps: int | None = None) -> float:
         """Median host wall time of ``fn`` followed by a device synchronisation."""
@@ -472,14 +500,29 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
             )
     keys = list(points)
     times = dict(zip(keys, watch.per_call_all([points[k] for k in keys]), strict=True))
+    gpu_keys = [k for k in keys if k[0] in GPU_TIMED_OPS] if watch.cuda else []
+    gpu_times = dict(
+        zip(gpu_keys, watch.per_call_all([points[k] for k in gpu_keys], queued=True), strict=True)
+    )
 
     cpu_watch = Stopwatch(torch.device("cpu"), dataclasses.replace(effort, inner=max(1, effort.inner // 2)))
     pred_cpu = kernels.new_predictor(shape, torch.device("cpu"), torch.float32)
     cpu_inputs = [torch.randn(b, h) for b in effort.batches]
     predictor_cpu_s = cpu_watch.per_call_all([lambda _i, x=x: pred_cpu(x) for x in cpu_inputs])
 
-    def curve(op: str, axis: Sequence[int]) -> list[float]:
-        return [times[op, n, 0] for n in axis] if (op, axis[0], 0) in times else []
+    def curve(
+        op: str, axis: Sequence[int], measured: dict[tuple[str, int, int], float] = times
+    ) -> list[float]:
+        return [measured[op, n, 0] for n in axis] if (op, axis[0], 0) in measured else []
+
+    gpu_s: dict[str, Any] = {}
+    if gpu_times:
+        gpu_s["attention"] = [[gpu_times["attention", b, c] for c in effort.contexts] for b in effort.batches]
+        for op in ("norm", "router", "add"):
+            gpu_s[op] = curve(op, effort.batches, gpu_times)
+        for op in ("expert", "shared", "dense"):
+            if values := curve(op, effort.tokens, gpu_times):
+                gpu_s[op] = values
 
     return ShapeTimings(
         shape=shape.name,
@@ -495,6 +538,7 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         dense_s=curve("dense", effort.tokens),
         predictor_gpu_s=curve("predictor_gpu", effort.batches),
         predictor_cpu_s=predictor_cpu_s,
+        gpu_s=gpu_s,
     )
 
 
@@ -896,6 +940,10 @@ def to_profile(
         curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
         per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
         curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
+        for op, values in t.gpu_s.items():
+            axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
+            context = t.contexts if op == "attention" else ()
+            curves.append(OpCurve(f"{op}_gpu", shape.name, axis, values, context))
         if shape.name in result.host_layer_s:
             curves.append(OpCurve("host_layer", shape.name, (1,), (result.host_layer_s[shape.name],)))
     source = (

@@ -7,9 +7,10 @@ times, because one host thread launches the ops that the GPU then runs:
   there is one (ops called back to back: the slower of launching and running them, which at batch 1 is
   the host), otherwise the roofline ``max(kernels x launch_overhead_s, flops / peak + bytes / bandwidth)``
   (launch-bound for small decode ops, bandwidth- or compute-bound for big ones);
-- its *GPU time* (``gpu_s``): ``flops / peak + bytes / bandwidth``, capped by the measured curve. The
-  engine (sim.engine) lets the host run ahead of the GPU, as the live executor does, so this is the time
-  the GPU still needs for an op whose launch came long before its input copy landed.
+- its *GPU time* (``gpu_s``): the profile's ``<op>_gpu`` curve (calibration times the op queued behind
+  a sleeping kernel, so its launches are hidden), else ``flops / peak + bytes / bandwidth``; never more
+  than the op time. The engine (sim.engine) lets the host run ahead of the GPU, as the live executor
+  does, so this is the time the GPU still needs for an op launched before its input copy landed.
 
 Kernel counts follow ``sim.kernels``' eager PyTorch code.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from sim.hardware import HardwareProfile
+from sim.hardware import GPU_TIMED_OPS, HardwareProfile
 from traces.schema import ModelShape
 
 #: eager kernels per op (matches sim.kernels: e.g. an expert is matmul, silu, mul, matmul, add)
@@ -66,6 +67,7 @@ class CostModel:
             "predictor_cpu": c.curve("predictor_cpu", shape.name),
             "host_layer": c.curve("host_layer", shape.name),
         }
+        self._gpu_curves = {op: c.curve(f"{op}_gpu", shape.name) for op in GPU_TIMED_OPS}
         #: host time to issue one copy (delays the compute stream of a host-bound executor)
         self.issue_s = hardware.copy.issue_s
         # bind memoised versions per instance
@@ -157,8 +159,14 @@ class CostModel:
         time (a measured curve bounds it from above); 0 for shared experts of a model without them."""
         if op == "shared" and not self.shape.num_shared_experts:
             return 0.0
-        work = self._work_s(*self._work(op, tokens, context_total)) * self.scale
-        return min(work, self._op(op, tokens, context_total))
+        curve = self._gpu_curves.get(op)
+        if curve is None:
+            seconds = self._work_s(*self._work(op, tokens, context_total))
+        elif curve.context:
+            seconds = curve.at(tokens, context_total / max(tokens, 1))
+        else:
+            seconds = curve.at(tokens)
+        return min(seconds * self.scale, self._op(op, tokens, context_total))
 
     def _predictor_s(self, kind: str | None, tokens: int, device: str = "gpu") -> float:
         """Time of one prediction for ``tokens`` tokens: "mlp" (the paper's d->2048->E MLP, on the GPU side

@@ -82,6 +82,9 @@ OPS = (
     "predictor_cpu",
     "host_layer",
 )
+#: ops whose GPU time alone (launches hidden) calibration measures too, as curves named ``<op>_gpu``
+GPU_TIMED_OPS = ("attention", "norm", "router", "add", "expert", "shared", "dense")
+OPS += tuple(f"{op}_gpu" for op in GPU_TIMED_OPS)
 
 
 @dataclass(frozen=True)
@@ -185,12 +188,12 @@ class OpCurve:
             raise ValueError(
                 f"curve {self.op}/{self.shape}: tokens must be strictly increasing and non-empty"
             )
-        if self.op == "attention":
+        if self.op in ("attention", "attention_gpu"):
             rows = tuple(tuple(float(x) for x in row) for row in self.seconds)
             if not self.context or list(self.context) != sorted(set(self.context)):
-                raise ValueError(f"curve attention/{self.shape}: context must be strictly increasing")
+                raise ValueError(f"curve {self.op}/{self.shape}: context must be strictly increasing")
             if len(rows) != len(self.tokens) or any(len(r) != len(self.context) for r in rows):
-                raise ValueError(f"curve attention/{self.shape}: seconds must be [len(tokens)][len(context)]")
+                raise ValueError(f"curve {self.op}/{self.shape}: seconds must be [len(tokens)][len(context)]")
             object.__setattr__(self, "seconds", rows)
         else:
             values = tuple(float(x) for x in self.seconds)
@@ -200,7 +203,7 @@ class OpCurve:
 
     def at(self, tokens: float, context: float = 0.0) -> float:
         """Piecewise-linear interpolation; beyond the last point, linear extrapolation from the last two."""
-        if self.op != "attention":
+        if not self.context:
             return _interp(self.tokens, self.seconds, tokens)
         column = [_interp(self.context, row, context) for row in self.seconds]
         return _interp(self.tokens, column, tokens)

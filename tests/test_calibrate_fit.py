@@ -188,3 +188,20 @@ def test_phases_measured_before_the_fast_level_was_seen_are_measured_again(monke
         f"host copy {TINY.name}",
     ]
     assert result.host_probe_s == 1e-3 and result.host_gates[2]["probe_s"] == 1e-3
+
+
+def test_measured_gpu_times_become_curves_the_cost_model_reads_below_the_op_time() -> None:
+    from sim.costs import CostModel
+
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
+    timings = result.shapes[TINY.name]
+    assert timings.gpu_s == {}  # nothing to hide launches behind on the CPU
+    timings.gpu_s = {
+        "expert": [t / 4 for t in timings.expert_s],
+        "attention": [[t * 10 for t in row] for row in timings.attention_s],  # above the op time
+    }
+    costs = CostModel(TINY, cal.to_profile(result, [TINY]))
+    assert costs.gpu_s("expert", 1) == pytest.approx(costs.expert_s(1) / 4)
+    assert costs.gpu_s("attention", 1, 64) == costs.attention_s(1, 64)  # capped by the op time
+    again = cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.shapes[TINY.name].gpu_s == timings.gpu_s
