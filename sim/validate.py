@@ -397,10 +397,10 @@ def compare(live: Sequence[SimResult], sim: Sequence[SimResult]) -> list[dict[st
 
 
 def fastest_step_probe(live: Sequence[SimResult]) -> float | None:
-    """The fastest per-step host probe of all live runs (the fast level's reference), None if no run
-    took them."""
-    probes = [r.host_probe_s for r in live if r.host_probe_s is not None and r.host_probe_s.size]
-    return float(min(p.min() for p in probes)) if probes else None
+    """The fastest per-step host probe of the measured tokens of all live runs (the fast level's
+    reference), None if no run took them."""
+    probes = [r.host_probe_s[r.decode_token] for r in live if r.host_probe_s is not None]
+    return float(min(p.min() for p in probes if p.size)) if any(p.size for p in probes) else None
 
 
 def _fast_step_error(runs: Sequence[SimResult], sim: SimResult, reference: float | None) -> dict[str, Any]:
