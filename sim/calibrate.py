@@ -656,7 +656,7 @@ def record_host_run(
     return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s], probes)
 
 
-def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
+def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[str]:
     """Fit the live executor's host costs to ``result.host_runs`` with the current simulator (CPU only,
     so a changed simulator can be re-fitted to the runs of an earlier calibration):
 
@@ -668,12 +668,13 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
       underestimated about fivefold on the H200.
 
     Measured steps are those after ``HOST_WARMUP_STEPS`` that ran with the host core at its fast level
-    (``host_fit_steps``).
+    (``host_fit_steps``). Returns the runs that had no such step (fitted at the slow level: a warning
+    for the profile's notes).
     """
     from sim.simulation import simulate
 
     runs = {(r.shape, r.kind): r for r in result.host_runs}
-    steps = host_fit_steps(result.host_runs)
+    steps, slow = host_fit_steps(result.host_runs)
     result.issue_s, result.host_layer_s = 0.0, {}
     ops_only = to_profile(result, shapes)  # the measured ops, no host costs yet
     for shape in shapes:
@@ -687,7 +688,7 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
         result.host_layer_s[shape.name] = float(np.median(diff)) / small.num_moe_layers
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
-        return
+        return slow
     shape, run = copy_runs[0]
     small, trace = host_workload(shape)
     setup = host_run_setup("copy")
@@ -700,23 +701,27 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> None:
         return float(simulate(trace, small, hardware, *setup).step_latency_s[mask].mean())
 
     result.issue_s = fit_scalar(simulated_mean, target, 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
+    return slow
 
 
-def host_fit_steps(runs: Sequence[HostRun]) -> dict[tuple[str, str], np.ndarray]:
+def host_fit_steps(runs: Sequence[HostRun]) -> tuple[dict[tuple[str, str], np.ndarray], list[str]]:
     """Per host-cost run, the steps its fit uses: after ``HOST_WARMUP_STEPS``, and, where the run took
     per-step probes, only those at the host core's fast level (within ``FAST_STEP_TOLERANCE`` of the
-    fastest probe of all the runs); all measured steps if none of a run's steps was fast."""
+    fastest probe of all the runs); all measured steps if none of a run's steps was fast. Also returns
+    those runs ("kind shape"), whose fit then comes from the slow level."""
     probed = [np.asarray(r.host_probe_s) for r in runs if len(r.host_probe_s) == len(r.step_latency_s)]
     reference = min((float(p.min()) for p in probed if p.size), default=None)
-    masks = {}
+    masks, slow = {}, []
     for r in runs:
         measured = np.arange(len(r.step_latency_s)) >= HOST_WARMUP_STEPS
         mask = measured
         if reference is not None and len(r.host_probe_s) == len(r.step_latency_s):
             fast = measured & fast_steps(np.asarray(r.host_probe_s), reference)
             mask = fast if fast.any() else measured
+            if not fast.any():
+                slow.append(f"{r.kind} {r.shape}")
         masks[r.shape, r.kind] = mask
-    return masks
+    return masks, slow
 
 
 def copy_engine_count(device: Any) -> int | None:
@@ -825,6 +830,11 @@ def calibrate(
     return result
 
 
+#: attempts per gated calibration phase (a phase is short; the core sat at its slow level through
+#: three attempts of session 4's copy run, which then fitted issue_s three times too high)
+CALIBRATION_ATTEMPTS = 5
+
+
 class _PhaseGate:
     """Calibration's use of sim.host_speed.HostGate: each host-bound phase runs at the core's fast level
     (waited for, and repeated if the core ended it slow), logged by name; without a timeout it just runs
@@ -842,7 +852,7 @@ class _PhaseGate:
         if not self.log:
             self.gate.settle()
         self.measures[phase] = measure
-        gated = self.gate.run(measure)
+        gated = self.gate.run(measure, CALIBRATION_ATTEMPTS)
         before = gated.before
         self.log.append(
             {
@@ -907,7 +917,13 @@ def _measure_host_costs(
         result.host_runs.append(run)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    fit_host_costs(result, shapes)
+    slow = fit_host_costs(result, shapes)
+    if slow:
+        result.notes = (
+            f"host-cost run(s) {', '.join(slow)} never ran at the host core's fast level: fitted at the slow "
+            "level, so their host costs are too high"
+        )
+        say(f"WARNING: {result.notes}")
 
 
 # ---------------------------------------------------------------------------------------------- the profile
@@ -981,13 +997,16 @@ def to_profile(
         + "Op curves: per-call medians of sim.kernels (the live executor's own code) called back to "
         "back, all points in interleaved rounds, weights rotated over more than the L2 cache; the "
         "predictor MLP replayed from a CUDA graph as the live executor runs it; launch overhead: one "
-        "trivial eager kernel back to back. "
+        "trivial eager kernel back to back; <op>_gpu curves: the same calls queued behind a sleeping "
+        "kernel (the GPU's time alone). "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
         "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
         "Host costs of the live executor (host-bound at batch 1): host_layer per shape = median over steps "
         "of (live - simulated) step time per MoE layer of a resident run of the first 4 MoE layers; "
         "copy.issue_s = the host time per copy at which the simulator matches a live oracle run of the first "
-        "shape into a quarter-size cache (bisection)."
+        "shape into a quarter-size cache (bisection); both over the steps whose host probe showed the fast "
+        "level."
+        + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
             f"core's fast level first and were repeated when the core ended them slow (sim.host_speed probe "

@@ -166,7 +166,8 @@ def test_host_costs_are_fitted_to_the_steps_the_host_ran_at_its_fast_level() -> 
     fast_and_slow = cal.HostRun("a", "layer", [1.0] * 8, [1e-5] * 5 + [2e-5] * 3)
     all_slow = cal.HostRun("b", "layer", [1.0] * 8, [2e-5] * 8)
     unprobed = cal.HostRun("c", "copy", [1.0] * 8)
-    masks = cal.host_fit_steps([fast_and_slow, all_slow, unprobed])
+    masks, slow = cal.host_fit_steps([fast_and_slow, all_slow, unprobed])
+    assert slow == ["layer b"]
     assert np.flatnonzero(masks["a", "layer"]).tolist() == list(range(warm, 5))
     assert np.flatnonzero(masks["b", "layer"]).tolist() == list(range(warm, 8))  # none fast: all measured
     assert np.flatnonzero(masks["c", "copy"]).tolist() == list(range(warm, 8))

@@ -87,7 +87,9 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(args.model_shape[0], "the same model shape is given twice")
     if args.refit:
         result = _read_raw(args.refit, names)
-        cal.fit_host_costs(result, shapes)
+        slow = cal.fit_host_costs(result, shapes)
+        if slow:
+            print(f"WARNING: {', '.join(slow)}: no step at the host core's fast level (fitted at the slow)")
     else:
         result = _measure(args, shapes)
     if args.raw:
