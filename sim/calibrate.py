@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from sim.hardware import GPU_TIMED_OPS
-from sim.host_speed import HostGate, fast_steps
+from sim.host_speed import FAST_STEP_TOLERANCE, HostGate, fast_steps, step_probe_s
 from traces.schema import ModelShape
 
 T = TypeVar("T")
@@ -256,6 +256,21 @@ def median(values: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------- timing
 
 
+def fast_samples(samples: list[list[float]], probes: list[list[float]]) -> list[list[float]]:
+    """Each callable's samples taken with the host core at its fast level: those whose probe is within
+    ``FAST_STEP_TOLERANCE`` of the fastest probe of all; all of a callable's samples if none of its is
+    (or if no probes were taken)."""
+    taken = [p for ps in probes for p in ps]
+    if not taken:
+        return samples
+    limit = FAST_STEP_TOLERANCE * min(taken)
+    out = []
+    for xs, ps in zip(samples, probes, strict=True):
+        kept = [x for x, p in zip(xs, ps, strict=True) if p <= limit]
+        out.append(kept or xs)
+    return out
+
+
 class Stopwatch:
     """Per-call median time of a callable on one device: CUDA events on a GPU, perf_counter on the CPU.
 
@@ -291,9 +306,13 @@ class Stopwatch:
     ) -> list[float]:
         """Per-call medians of several callables measured in interleaved rounds (every repetition times
         each callable once), so a drift of the host's speed during calibration affects them alike.
+        A short host probe (``sim.host_speed.step_probe_s``) before each burst drops the bursts that ran
+        with the host core at its slow level (beyond ``FAST_STEP_TOLERANCE`` of the fastest probe of the
+        call) from the medians: at batch 1 those intervals time the host, which switches level inside a
+        phase too.
 
         ``queued`` (GPU only): each burst waits behind a sleeping kernel that outlasts its launches, so
-        the interval is the GPU's time alone, back to back, whatever the host's launch speed."""
+        the interval is the GPU's time alone, back to back, whatever the host's launch speed (no probes)."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
         calls = [0] * len(fns)
@@ -313,6 +332,12 @@ class Stopwatch:
             calls[k] = self.effort.warmup
         self.sync()
         samples: list[list[float]] = [[] for _ in fns]
+        probes: list[list[float]] = [[] for _ in fns]
+
+        def probe(k: int) -> None:
+            if not queued:
+                probes[k].append(step_probe_s())
+
         if self.cuda:
             event = self.torch.cuda.Event
             cycles_per_s = self._sleep_cycles_per_s() if queued else 0.0
@@ -322,6 +347,7 @@ class Stopwatch:
                     start, end = event(enable_timing=True), event(enable_timing=True)
                     if queued:  # hold the stream while the burst's launches queue up behind it
                         self.torch.cuda._sleep(int((2 * inner * launch_s[k] + 50e-6) * cycles_per_s))
+                    probe(k)
                     start.record()
                     burst(k)
                     end.record()
@@ -332,10 +358,11 @@ class Stopwatch:
         else:
             for _ in range(reps):
                 for k in range(len(fns)):
+                    probe(k)
                     t0 = time.perf_counter()
                     burst(k)
                     samples[k].append((time.perf_counter() - t0) / inner)
-        return [median(x) for x in samples]
+        return [median(x) for x in fast_samples(samples, probes)]
 
     def _sleep_cycles_per_s(self) -> float:
         """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel), timed once."""

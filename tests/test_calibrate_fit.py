@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -206,3 +207,32 @@ def test_measured_gpu_times_become_curves_the_cost_model_reads_below_the_op_time
     assert costs.gpu_s("attention", 1, 64) == costs.attention_s(1, 64)  # capped by the op time
     again = cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.shapes[TINY.name].gpu_s == timings.gpu_s
+
+
+def test_op_samples_taken_at_the_slow_level_are_left_out_of_the_medians() -> None:
+    samples = [[1.0, 1.0, 2.0, 2.0, 2.0], [5.0, 5.0]]
+    probes = [[1e-5, 1e-5, 2e-5, 2e-5, 2e-5], [2e-5, 2e-5]]
+    assert cal.fast_samples(samples, probes) == [[1.0, 1.0], [5.0, 5.0]]  # the second had no fast one
+    assert cal.fast_samples(samples, [[], []]) == samples
+
+
+def test_the_cpu_stopwatch_drops_bursts_the_host_ran_slow(monkeypatch) -> None:
+    import torch
+
+    slow_rounds = iter([False, True, True, True, True, True, True, False, False])  # mostly slow
+    state = {"slow": False}
+
+    def probe() -> float:
+        state["slow"] = next(slow_rounds)
+        return 2e-5 if state["slow"] else 1e-5
+
+    monkeypatch.setattr(cal, "step_probe_s", probe)
+    clock = iter(range(1000))
+    monkeypatch.setattr(cal.time, "perf_counter", lambda: float(next(clock)) * 1e-3)
+
+    def op(_i: int) -> None:  # each call costs one tick of the fake clock, three when the host is slow
+        for _ in range(2 if state["slow"] else 0):
+            cal.time.perf_counter()
+
+    effort = dataclasses.replace(cal.Effort.smoke(), warmup=1, reps=9, inner=1)
+    assert cal.Stopwatch(torch.device("cpu"), effort).per_call_s(op) == pytest.approx(1e-3)
