@@ -236,3 +236,24 @@ def test_the_cpu_stopwatch_drops_bursts_the_host_ran_slow(monkeypatch) -> None:
 
     effort = dataclasses.replace(cal.Effort.smoke(), warmup=1, reps=9, inner=1)
     assert cal.Stopwatch(torch.device("cpu"), effort).per_call_s(op) == pytest.approx(1e-3)
+
+
+def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
+    """Slowdowns only add time, and some do not show in the probe: the fit takes a low quantile, so
+    making most of a run's steps slower (probes unchanged) leaves the per-layer host time alone."""
+    from sim.simulation import simulate
+
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    result.issue_s, result.host_layer_s = 0.0, {}
+    small, trace = cal.host_workload(TINY)
+    ops_only = simulate(trace, small, cal.to_profile(result, [TINY]), *cal.host_run_setup("layer"))
+    host_s = 1e-3  # a step's host time beyond its ops
+    layer_run = next(r for r in result.host_runs if r.kind == "layer")
+    layer_run.step_latency_s = [t + host_s for t in ops_only.step_latency_s]
+    layer_run.host_probe_s = [1e-5] * len(layer_run.step_latency_s)
+    cal.fit_host_costs(result, [TINY])
+    assert result.host_layer_s[TINY.name] == pytest.approx(host_s / small.num_moe_layers)
+    steps = layer_run.step_latency_s
+    layer_run.step_latency_s = [t * (1.5 if i % 5 < 3 else 1.0) for i, t in enumerate(steps)]
+    cal.fit_host_costs(result, [TINY])  # 60% of the steps half as slow again, at fast probes
+    assert result.host_layer_s[TINY.name] == pytest.approx(host_s / small.num_moe_layers)
