@@ -311,8 +311,9 @@ class Stopwatch:
         call) from the medians: at batch 1 those intervals time the host, which switches level inside a
         phase too.
 
-        ``queued`` (GPU only): each burst waits behind a sleeping kernel that outlasts its launches, so
-        the interval is the GPU's time alone, back to back, whatever the host's launch speed (no probes)."""
+        ``queued`` (GPU only): each burst waits behind a sleeping kernel sized to outlast its launches
+        (three times their warm-up time), so the interval is the GPU's time alone, back to back; a burst
+        whose launches took longer than the sleep is left out (no probes)."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
         calls = [0] * len(fns)
@@ -345,16 +346,23 @@ class Stopwatch:
             for _ in range(reps):
                 for k in range(len(fns)):
                     start, end = event(enable_timing=True), event(enable_timing=True)
+                    sleep_s = 3 * inner * launch_s[k] + 100e-6
                     if queued:  # hold the stream while the burst's launches queue up behind it
-                        self.torch.cuda._sleep(int((2 * inner * launch_s[k] + 50e-6) * cycles_per_s))
+                        self.torch.cuda._sleep(int(sleep_s * cycles_per_s))
                     probe(k)
+                    t0 = time.perf_counter()
                     start.record()
                     burst(k)
                     end.record()
-                    marks.append((k, start, end))
+                    # a queued burst whose launches outlasted the sleep timed the host too: left out
+                    marks.append((k, start, end, not queued or time.perf_counter() - t0 < sleep_s))
             self.sync()
-            for k, start, end in marks:
+            covered: list[list[float]] = [[] for _ in fns]
+            for k, start, end, held in marks:
                 samples[k].append(start.elapsed_time(end) / 1e3 / inner)
+                if held:
+                    covered[k].append(samples[k][-1])
+            samples = [c or x for c, x in zip(covered, samples, strict=True)]
         else:
             for _ in range(reps):
                 for k in range(len(fns)):
