@@ -41,7 +41,7 @@ import numpy as np
 import simpy
 
 from sim.cache import CacheConfig
-from sim.controller import HIT, LATE, DecisionCounters, DecodeController
+from sim.controller import HIT, LATE, DecisionCounters, DecodeController, RouterDecision
 from sim.costs import CostModel
 from sim.link import DONE, Link, Transfer
 from sim.policies import DEMAND, LAYER_START, ROUTER, Policy, TimingEstimates
@@ -199,6 +199,62 @@ class _Run:
                 kind = "demand" if t.demand else ("prefetch" if t.priority else "late prefetch")
                 self.timeline.add(f"copy{t.engine}", kind, t.start_s, t.end_s, t.layer, t.expert)
 
+    def _moe_experts(
+        self,
+        decision: RouterDecision[Transfer],
+        t: float,
+        h: float,
+        j: int,
+        n_tok: int,
+        c_one: float,
+        g_one: float,
+    ) -> tuple[float, float]:
+        """The routed experts of one MoE block in general (copies to wait for, several tokens, a timeline):
+        hits first, then the others in landing order; each launched by the host (op time) and run by the
+        GPU once launched and its copy landed (GPU time). Returns the GPU's and the host's times after them
+        and adds the block's wait for copies to the layer's stall."""
+        costs, link, timeline = self.costs, self.link, self.timeline
+        status = decision.status
+        if n_tok == 1:
+            cs = [c_one] * len(status)
+            gs = [g_one] * len(status)
+        else:
+            cs = [costs.expert_s(x) for x in decision.tokens]
+            gs = [costs.gpu_s("expert", x, 0) for x in decision.tokens]
+        waiting: list[tuple[float, int]] = []
+        if decision.late or decision.demands:
+            late_iter, demand_iter = iter(decision.late), iter(decision.demands)
+            for i, st in enumerate(status):
+                if st != HIT:
+                    transfer = next(late_iter) if st == LATE else next(demand_iter)
+                    if transfer.state != DONE:  # no copy starts before this block ends
+                        link.advance(INF, transfer)
+                    waiting.append((transfer.end_s, i))
+            waiting.sort()
+        for i, st in enumerate(status):
+            if st == HIT:
+                t += gs[i]
+                h += cs[i]
+                if h > t:
+                    t = h
+                if timeline.on:
+                    timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
+        layer_stall = 0.0
+        for landed, i in waiting:
+            h += cs[i]
+            ready = t + gs[i]  # without the copy
+            if h > ready:
+                ready = h
+            t = max(t, landed) + gs[i]
+            if h > t:
+                t = h
+            layer_stall += t - ready
+            if timeline.on:
+                timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
+        if layer_stall > 0.0:
+            self.stall[j] += layer_stall
+        return t, h
+
     # -- the process
 
     def decode(self, env: simpy.Environment) -> Generator[simpy.Event, object, None]:
@@ -216,7 +272,6 @@ class _Run:
         # (methods of the link and the controller are called through their objects, not bound to locals:
         # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
-        stall = self.stall
         expert_s = costs.expert_s
         gpu_s = costs.gpu_s
         issue_s = costs.issue_s
@@ -333,44 +388,15 @@ class _Run:
                     if recording:
                         timeline.add("compute", "shared experts", t - g_shared, t, j)
                 status = decision.status
-                if n_tok == 1:
-                    cs = [c_one] * len(status)
-                    gs = [g_one] * len(status)
+                if n_tok == 1 and not (late or demands or recording):
+                    # every expert is on the GPU (most layers of most runs): t_k = max(t_{k-1} + g_one,
+                    # h + k * c_one) over the k experts, in closed form
+                    n_exp = len(status)
+                    end = h + (n_exp * c_one if c_one >= g_one else c_one + (n_exp - 1) * g_one)
+                    t = max(t + n_exp * g_one, end)
+                    h += n_exp * c_one
                 else:
-                    cs = [expert_s(x) for x in decision.tokens]
-                    gs = [gpu_s("expert", x, 0) for x in decision.tokens]
-                waiting: list[tuple[float, int]] = []
-                if late or demands:
-                    late_iter, demand_iter = iter(late), iter(demands)
-                    for i, st in enumerate(status):
-                        if st != HIT:
-                            transfer = next(late_iter) if st == LATE else next(demand_iter)
-                            if transfer.state != DONE:  # no copy starts before this block ends
-                                link.advance(INF, transfer)
-                            waiting.append((transfer.end_s, i))
-                    waiting.sort()
-                for i, st in enumerate(status):
-                    if st == HIT:
-                        t += gs[i]
-                        h += cs[i]
-                        if h > t:
-                            t = h
-                        if recording:
-                            timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
-                layer_stall = 0.0
-                for landed, i in waiting:
-                    h += cs[i]
-                    ready = t + gs[i]  # without the copy
-                    if h > ready:
-                        ready = h
-                    t = max(t, landed) + gs[i]
-                    if h > t:
-                        t = h
-                    layer_stall += t - ready
-                    if recording:
-                        timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
-                if layer_stall > 0.0:
-                    stall[j] += layer_stall
+                    t, h = self._moe_experts(decision, t, h, j, n_tok, c_one, g_one)
                 t += g_add
                 h += add
                 if h > t:
