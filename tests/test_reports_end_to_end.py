@@ -7,6 +7,7 @@ import dataclasses
 import re
 import textwrap
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -194,6 +195,27 @@ def test_validation_pairs_live_and_simulated_runs_and_states_the_error(results_d
     assert row[0] == "allenai/OLMoE-1B-7B-0924 · pre-attention · 0.25 of experts"
     assert row[3] == f"{100 * (1 / 1.04 - 1):+.1f}%"  # the live run was made 4% slower
     assert row[7] == "1 (0.0%)"  # one live pass, so no spread
+    assert row[9] == "-" and "fast level" not in scatter.takeaway  # no host probes in this live run
+
+
+def test_validation_reports_the_error_over_the_steps_the_host_ran_fast(results_dir, tmp_path) -> None:
+    from reports.sections import validation
+    from sim.results import read_results
+
+    (live,) = read_results(results_dir / "live.parquet")
+    probes = [10e-6] * live.token_latency_s.size
+    probes[-1] = 30e-6  # the last step ran at the slow level, and took twice as long
+    latency = live.token_latency_s.copy()
+    latency[-1] *= 2
+    write_results(
+        [dataclasses.replace(live, token_latency_s=latency, host_probe_s=np.array(probes))],
+        tmp_path / "live.parquet",
+    )
+    section = validation.build(load_inputs([results_dir / "sim.parquet", tmp_path / "live.parquet"]))
+    scatter, table = section.blocks
+    measured = int(live.decode_token.sum())
+    assert table.rows[0][9] == f"{100 * (measured - 1) / measured:.0f}% ({100 * (1 / 1.04 - 1):+.1f}%)"
+    assert scatter.takeaway.endswith("fast level (per-step probes): 1 of 1.")
 
 
 def test_at_a_glance_tabulates_every_setting_and_policy(results_dir) -> None:

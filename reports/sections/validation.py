@@ -9,6 +9,7 @@ differ, since re-simulating with an improved profile is the point).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,7 +83,18 @@ def _scatter(rows: Sequence[dict[str, Any]]) -> Figure:
         f"the worst is off by {pct(abs(worst['mean_err']))} ({configuration(worst)}); misses identical in "
         f"{same_misses} of {len(rows)}."
     )
+    probed = [r for r in rows if _measured(r.get("mean_err_fast"))]
+    if probed:
+        fast_within = sum(1 for r in probed if abs(r["mean_err_fast"]) <= MEAN_TARGET)
+        takeaway += (
+            f" Over the steps the host core ran at its fast level (per-step probes): {fast_within} of "
+            f"{len(probed)}."
+        )
     return Figure(fig, takeaway, height_px=480)
+
+
+def _measured(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
 
 
 def _error_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -97,12 +109,23 @@ def _error_table(rows: Sequence[dict[str, Any]]) -> Table:
             f"{100 * r['p99_err']:+.1f}%",
             f"{r['live_passes']} ({100 * r['live_spread']:.1f}%)",
             f"{r['live_misses']} / {r['sim_misses']}" + ("" if r["misses_identical"] else " (DIFFER)"),
+            _fast_steps(r),
         ]
         for r in sorted(rows, key=lambda r: -abs(r["mean_err"]))
     ]
     columns = ["configuration", "live mean ms", "sim mean ms", "error", "live p99 ms", "sim p99 ms", "error"]
     caption = (
         "Per configuration, worst mean error first. Live passes (spread): how many times the configuration "
-        "ran live and how far apart their means were, (max - min) / mean: the live clock's own noise."
+        "ran live and how far apart their means were, (max - min) / mean: the live clock's own noise. "
+        "Fast steps: the share of measured tokens whose step ran with the host core at its fast level "
+        "(per-step probes), and the mean error over those tokens alone ('-' without probes)."
     )
-    return Table([*columns, "live passes (spread)", "misses live / sim"], body, caption=caption)
+    columns += ["live passes (spread)", "misses live / sim", "fast steps (error there)"]
+    return Table(columns, body, caption=caption)
+
+
+def _fast_steps(row: dict[str, Any]) -> str:
+    share, err = row.get("fast_step_share"), row.get("mean_err_fast")
+    if not _measured(share):
+        return "-"
+    return f"{pct(share, 0)} ({100 * err:+.1f}%)" if _measured(err) else f"{pct(share, 0)} (-)"
