@@ -32,8 +32,11 @@ layer has ended, and every gate is recorded on the compute stream after that lay
 
 Per-step latency is measured with CUDA events on the compute stream (back to back: a step's latency is
 the time from the previous step's end); the optional timeline records compute and copy intervals of the
-first steps with extra events. On ``device="cpu"`` the same code runs synchronously (no streams, every
-copy lands when issued): a test vehicle whose hit/miss decisions must equal the simulator's.
+first steps with extra events. Before each step's end-of-step wait the host takes a 40-us probe of its
+own speed (``sim.host_speed.step_probe_s``), kept per token in ``SimResult.host_probe_s``: the lent VMs'
+cores change speed inside runs, and the validation separates those steps. On ``device="cpu"`` the same
+code runs synchronously (no streams, every copy lands when issued): a test vehicle whose hit/miss
+decisions must equal the simulator's.
 
 Simplifications (they change timing a little and are documented in the validation README): no embedding,
 LM head or sampling (``step_overhead_s`` = 0 as in the simulator's default); a step of several tokens runs
