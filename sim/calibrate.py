@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from sim.hardware import GPU_TIMED_OPS
-from sim.host_speed import FAST_STEP_TOLERANCE, HostGate, fast_steps, step_probe_s
+from sim.host_speed import HostGate, fast_steps, step_probe_s
 from traces.schema import ModelShape
 
 T = TypeVar("T")
@@ -258,15 +258,15 @@ def median(values: Sequence[float]) -> float:
 
 def fast_samples(samples: list[list[float]], probes: list[list[float]]) -> list[list[float]]:
     """Each callable's samples taken with the host core at its fast level: those whose probe is within
-    ``FAST_STEP_TOLERANCE`` of the fastest probe of all; all of a callable's samples if none of its is
-    (or if no probes were taken)."""
+    ``FAST_STEP_TOLERANCE`` of the fastest probe of all (``sim.host_speed.fast_steps``); all of a
+    callable's samples if none of its is (or if no probes were taken)."""
     taken = [p for ps in probes for p in ps]
     if not taken:
         return samples
-    limit = FAST_STEP_TOLERANCE * min(taken)
+    reference = min(taken)
     out = []
     for xs, ps in zip(samples, probes, strict=True):
-        kept = [x for x, p in zip(xs, ps, strict=True) if p <= limit]
+        kept = [x for x, fast in zip(xs, fast_steps(np.asarray(ps), reference), strict=True) if fast]
         out.append(kept or xs)
     return out
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from sim.hardware import GPU_TIMED_OPS, HardwareProfile
+from sim.hardware import GPU_TIMED_OPS, HardwareProfile, OpCurve
 from traces.schema import ModelShape
 
 #: eager kernels per op (matches sim.kernels: e.g. an expert is matmul, silu, mul, matmul, add)
@@ -43,6 +43,11 @@ KERNELS = {
 PREDICTOR_HIDDEN = 2048
 #: host overhead of one CPU predictor call (framework dispatch), on top of its FLOPs
 CPU_CALL_OVERHEAD_S = 20e-6
+
+
+def _curve_at(curve: OpCurve, tokens: int, context_total: int) -> float:
+    """A measured curve at ``tokens``; attention grids are looked up at the mean context per token."""
+    return curve.at(tokens, context_total / max(tokens, 1)) if curve.context else curve.at(tokens)
 
 
 class CostModel:
@@ -119,12 +124,8 @@ class CostModel:
     def _op(self, op: str, tokens: int, context_total: int = 0) -> float:
         curve = self._curves.get(op)
         if curve is None:
-            seconds = self._roofline(op, *self._work(op, tokens, context_total))
-        elif op == "attention":  # measured grids are looked up at the mean context per token
-            seconds = curve.at(tokens, context_total / max(tokens, 1))
-        else:
-            seconds = curve.at(tokens)
-        return seconds * self.scale
+            return self._roofline(op, *self._work(op, tokens, context_total)) * self.scale
+        return _curve_at(curve, tokens, context_total) * self.scale
 
     # -- ops (``tokens``: tokens processed by the call)
 
@@ -162,10 +163,8 @@ class CostModel:
         curve = self._gpu_curves.get(op)
         if curve is None:
             seconds = self._work_s(*self._work(op, tokens, context_total))
-        elif curve.context:
-            seconds = curve.at(tokens, context_total / max(tokens, 1))
         else:
-            seconds = curve.at(tokens)
+            seconds = _curve_at(curve, tokens, context_total)
         return min(seconds * self.scale, self._op(op, tokens, context_total))
 
     def _predictor_s(self, kind: str | None, tokens: int, device: str = "gpu") -> float:

@@ -125,8 +125,9 @@ def run_engine(
     when ``predictor_on_host``, where the router decision waits for it); ``gate_predictor_s``: time
     from a router to the cross-layer prediction of the next layer (a GPU side stream)."""
     env = simpy.Environment()
-    state = _Run(controller, costs, link, shape, predictor_s, gate_predictor_s, step_overhead_s)
-    state.predictor_on_host = predictor_on_host
+    state = _Run(
+        controller, costs, link, shape, predictor_s, gate_predictor_s, step_overhead_s, predictor_on_host
+    )
     state.timeline = _Timeline(timeline_steps, max_timeline_intervals)
     recording = state.timeline.on
     env.process(state.decode(env))
@@ -161,6 +162,7 @@ class _Run:
         predictor_s: float,
         gate_predictor_s: float,
         step_overhead_s: float,
+        predictor_on_host: bool,
     ) -> None:
         self.controller = controller
         self.costs = costs
@@ -169,7 +171,7 @@ class _Run:
         self.predictor_s = predictor_s
         self.gate_predictor_s = gate_predictor_s
         self.step_overhead_s = step_overhead_s
-        self.predictor_on_host = False
+        self.predictor_on_host = predictor_on_host
         self.t_compute = 0.0  # end of the last step on the GPU
         self.step_latency: list[float] = []
         self.stall = [0.0] * controller.num_layers
