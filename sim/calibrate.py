@@ -1040,11 +1040,12 @@ def to_profile(
         "kernel (the GPU's time alone). "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
         "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
-        "Host costs of the live executor (host-bound at batch 1): host_layer per shape = median over steps "
-        "of (live - simulated) step time per MoE layer of a resident run of the first 4 MoE layers; "
-        "copy.issue_s = the host time per copy at which the simulator matches a live oracle run of the first "
-        "shape into a quarter-size cache (bisection); both over the steps whose host probe showed the fast "
-        "level."
+        "Host costs of the live executor (host-bound at batch 1): host_layer per shape = the "
+        f"{100 * HOST_FIT_QUANTILE:.0f}th percentile over steps of (live - simulated) step time per MoE "
+        "layer of a resident run of the first 4 MoE layers; copy.issue_s = the host time per copy at "
+        "which that percentile is zero for a live oracle run of the first shape into a quarter-size cache "
+        "(bisection); both over the steps whose host probe showed the fast level (a slowdown only adds "
+        "time, and not every one shows in the probe)."
         + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
