@@ -1,5 +1,5 @@
 """Validation bookkeeping: grids from TOML, live/simulated rows matched by configuration, errors,
-policy rankings, pooled live passes and the live findings."""
+policy rankings, live passes combined token by token and the live findings."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_a_swapped_pair_breaks_the_ranking_and_is_reported(results) -> None:
     assert all(any("resident" in s["pair"] for s in r["swapped_pairs"]) for r in ranks)
 
 
-def test_live_passes_are_pooled_into_one_row_with_their_spread(results) -> None:
+def test_two_live_passes_combine_into_one_row_at_their_mean_with_their_spread(results) -> None:
     live = [_scaled(r, 1.0) for r in results] + [_scaled(r, 1.2, live_pass=1) for r in results]
     rows = v.compare(live, results)
     assert len(rows) == len(results)
@@ -94,6 +94,16 @@ def test_live_passes_are_pooled_into_one_row_with_their_spread(results) -> None:
         assert row["live_passes"] == 2 and row["live_spread"] == pytest.approx(0.2 / 1.1)
         assert row["live_mean_ms"] == pytest.approx(np.mean(row["live_pass_means_ms"]))
         assert row["mean_err"] == pytest.approx(1 / 1.1 - 1) and row["misses_identical"]
+
+
+def test_a_burst_in_one_of_three_passes_drops_out_of_the_combined_latency(results) -> None:
+    burst = results[0].token_latency_s.copy()
+    burst[results[0].decode_token.nonzero()[0][:2]] *= 3.0  # two measured tokens 3x slow in one pass
+    slow = dataclasses.replace(_scaled(results[0], 1.0, live_pass=1), token_latency_s=burst)
+    live = [_scaled(results[0], 1.0), slow, _scaled(results[0], 1.0, live_pass=2)]
+    (row,) = v.compare(live, results[:1])
+    assert row["live_passes"] == 3 and row["live_spread"] > 0
+    assert row["mean_err"] == pytest.approx(0.0) and row["p99_err"] == pytest.approx(0.0)
 
 
 def test_a_pass_that_decided_differently_breaks_the_identity_check(results) -> None:

@@ -115,8 +115,9 @@ def _error_table(rows: Sequence[dict[str, Any]]) -> Table:
     ]
     columns = ["configuration", "live mean ms", "sim mean ms", "error", "live p99 ms", "sim p99 ms", "error"]
     caption = (
-        "Per configuration, worst mean error first. Live passes (spread): how many times the configuration "
-        "ran live and how far apart their means were, (max - min) / mean: the live clock's own noise. "
+        "Per configuration, worst mean error first. Live latencies are each token's median over the live "
+        "passes. Live passes (spread): how many times the configuration ran live and how far apart their "
+        "means were, (max - min) / mean: the live clock's own noise. "
         "Fast steps: the share of measured tokens whose step ran with the host core at its fast level "
         "(per-step probes), and the mean error over those tokens alone ('-' without probes)."
     )
