@@ -5,7 +5,7 @@
 #
 #   scripts/gpu_validate.sh [GRID.toml]        (default: reports/validation/grid.toml)
 #
-# Environment: OUT (default ./gpu-out), SHAPES (model shapes to calibrate, default the grid's three),
+# Environment: OUT (default ./gpu-out), SHAPES (the grid's shapes to calibrate and run, default all),
 # HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
@@ -20,7 +20,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-reports/validation/grid.toml}
 OUT=${OUT:-gpu-out}
-SHAPES=${SHAPES:-"qwen3-30b-a3b deepseek-v2-lite mixtral-8x7b"}
 HOST_BUDGET_GIB=${HOST_BUDGET_GIB:-8}
 mkdir -p "$OUT/validation"
 export PYTHONUNBUFFERED=1
@@ -30,6 +29,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+SHAPES=${SHAPES:-$(python3 -c "import sys; from sim.validate import load_grid
+print(' '.join(run.shape for run in load_grid(sys.argv[1]).shapes))" "$GRID")}
 CPUS=${CPUS:-$(python3 benchmarks/bench_host_stability.py --fastest 2)}
 PIN=()
 [ "$CPUS" = none ] || PIN=(taskset -c "$CPUS")
@@ -37,13 +38,13 @@ PIN=()
     echo "pinned to CPUs: $CPUS"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
     SECONDS=0
-    shape_args=()
-    for s in $SHAPES; do shape_args+=(--model-shape "$s"); done
+    shape_args=() grid_shapes=()
+    for s in $SHAPES; do shape_args+=(--model-shape "$s") grid_shapes+=(--shape "$s"); done
     "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
         --out "$OUT/h200.toml" --raw "$OUT/calibration.json" --host-gate-timeout "${HOST_GATE_S:-30}"
     echo "calibration took ${SECONDS}s"
     SECONDS=0
     "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
-        --host-budget-gib "$HOST_BUDGET_GIB" --live-only
+        "${grid_shapes[@]}" --host-budget-gib "$HOST_BUDGET_GIB" --live-only
     echo "validation took ${SECONDS}s"
 } 2>&1 | tee "$OUT/log.txt"

@@ -121,6 +121,15 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
     return grid
 
 
+def only_shapes(grid: Grid, keys: Sequence[str], path: str | os.PathLike[str]) -> Grid:
+    """``grid`` cut to the shapes named ``keys`` (as the grid names them); InputError naming the grid
+    file for a key it does not have."""
+    missing = sorted(set(keys) - {run.shape for run in grid.shapes})
+    if missing:
+        raise InputError(path, f"no shape {', '.join(missing)} in the grid")
+    return dataclasses.replace(grid, shapes=tuple(run for run in grid.shapes if run.shape in keys))
+
+
 def shape_trace(run: ShapeRun, base_dir: str | os.PathLike[str] = ".") -> tuple[ModelShape, Trace]:
     """The shape and the trace that drives it: read (or generate), retargeted, cut to ``tokens``."""
     from traces.shapes import resolve_shape

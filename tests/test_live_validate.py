@@ -146,6 +146,14 @@ def test_a_malformed_grid_is_one_line_naming_the_file(tmp_path) -> None:
     assert v.load_grid(path).shapes[0].tokens == 4
 
 
+def test_a_grid_cut_to_some_shapes_keeps_their_order_and_refuses_a_shape_it_lacks() -> None:
+    runs = tuple(v.ShapeRun(key, v.SYNTHETIC, 4) for key in ("a", "b", "c"))
+    grid = v.Grid(hardware="h200", shapes=runs)
+    assert [r.shape for r in v.only_shapes(grid, ["c", "a"], "g.toml").shapes] == ["a", "c"]
+    with pytest.raises(InputError, match=r"g\.toml: no shape d in the grid"):
+        v.only_shapes(grid, ["a", "d"], "g.toml")
+
+
 def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
     shape, trace = v.shape_trace(v.ShapeRun("olmoe-1b-7b", v.SYNTHETIC, 10))
     assert trace.num_tokens == 10 and trace.metadata.provenance.origin == "synthetic"

@@ -11,7 +11,8 @@ A grid with ``host_gate_timeout_s`` > 0 makes every live run wait for the host c
 
 --live-only stops after the live runs (for a GPU machine without simpy); --resimulate skips them and
 re-simulates the live results already in DIR, for instance with an improved profile (--hardware):
-checking a model change costs no GPU time.
+checking a model change costs no GPU time. --shape runs part of a grid (a grid too long for one session
+on the GPU machine runs shape by shape, each calibrated on the machine it runs on).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--grid", required=True, metavar="GRID.toml", help="validation grid")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--hardware", help="hardware profile overriding the grid's (preset name or TOML)")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        metavar="KEY",
+        help="only this shape of the grid, as the grid names it (repeatable; default: every shape)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--live-only", action="store_true", help="run the live grid only (no simulator)")
     mode.add_argument(
@@ -58,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     from sim.results import read_results, write_results
 
     grid = v.load_grid(args.grid)
+    if args.shape:
+        grid = v.only_shapes(grid, args.shape, args.grid)
     hardware = v.profile_for(grid, args.hardware)
     out = Path(args.out)
     live_path = out / "live.parquet"
