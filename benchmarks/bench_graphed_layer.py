@@ -1,11 +1,12 @@
 """Benchmark (GPU): how much host time per MoE layer would CUDA graphs take off the live executor?
 
-At batch 1 the live executor (sim/live.py) launches every kernel eagerly from Python, so its step time
-is the host's (the H200 VMs' host cores changed speed by up to 2x, and with them every host-bound
+Until session 5 the live executor (sim/live.py) launched every kernel eagerly from Python, so its step
+time was the host's (the H200 VMs' host cores changed speed by up to 2x, and with them every host-bound
 validation row). This script decodes the same MoE layers two ways, with the live executor's kernels
 (sim/kernels.py) and random weights of a real shape:
 
-- eager: norm, attention, add, norm, router, the top-k routed experts (each from its GPU slot), add;
+- eager: norm, attention, add, norm, router, the top-k routed experts (each from its GPU slot), add, as
+  the executor ran them then;
 - graphed: attention + add + norm + router replayed from one CUDA graph per layer, each routed expert
   from one graph per slot, the norm and the final add eager.
 
@@ -16,8 +17,8 @@ time alone (the layers queued behind a sleeping kernel, then timed with CUDA eve
 
     python benchmarks/bench_graphed_layer.py --shape qwen3-30b-a3b --json out.json
 
-The graphed attention is captured at one fixed context: a live executor would need a graph per
-context (or a masked static-length attention); this only measures what graphs would save.
+Both decode at one fixed context. (Its session-5 run, reports/validation/session5/graphed_layer.json,
+predates the masked attention of sim.kernels: attention then read exactly the context.)
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Layers:
         dt = kernels.torch_dtype(shape)
         elems = kernels.expert_elements(h, inter)
         self.attention = [kernels.new_attention(shape, 1, CONTEXT, device, gen) for _ in range(layers)]
+        self.at = kernels.Positions(CONTEXT, device)
+        self.at.set(CONTEXT)
         self.gates = [
             (torch.randn(shape.num_experts, h, generator=gen, device=device) * h**-0.5).to(dt)
             for _ in range(layers)
@@ -63,7 +66,7 @@ class Layers:
     def eager_layer(self, j: int) -> None:
         att, x = self.attention[j], self.x
         xn = kernels.rms_norm(x, att.input_norm)
-        x.add_(kernels.attention(xn, att, self.shape, CONTEXT))
+        x.add_(kernels.attention(xn, att, self.shape, self.at, CONTEXT))
         hn = kernels.rms_norm(x, att.post_norm)
         kernels.router_scores(hn, self.gates[j], self.k)
         out = torch.zeros_like(hn)
@@ -75,7 +78,7 @@ class Layers:
         """What one graph per layer replays: attention, add, norm (into ``hn``), router."""
         att, x = self.attention[j], self.x
         xn = kernels.rms_norm(x, att.input_norm)
-        x.add_(kernels.attention(xn, att, self.shape, CONTEXT))
+        x.add_(kernels.attention(xn, att, self.shape, self.at, CONTEXT))
         self.hn.copy_(kernels.rms_norm(x, att.post_norm))
         kernels.router_scores(self.hn, self.gates[j], self.k)
 

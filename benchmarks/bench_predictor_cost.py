@@ -108,11 +108,14 @@ def attention_rows(
     contexts = [int(c) for c in args.contexts.split(",")]
     layer = kernels.new_attention(shape, 1, max(contexts), device, gen)
     x = torch.randn(1, shape.hidden_size, device=device, dtype=kernels.torch_dtype(shape))
+    at = kernels.Positions(max(contexts), device)
     rows = []
     for context in contexts:
+        at.set(context)
+        length = kernels.attention_length(context, at.max_context)
         with torch.no_grad():
             times = time_calls(
-                lambda c=context: kernels.attention(x, layer, shape, c), device, args.repeats, args.warmup
+                lambda n=length: kernels.attention(x, layer, shape, at, n), device, args.repeats, args.warmup
             )
         rows.append(
             {

@@ -500,8 +500,10 @@ def _gpu_times(
 
 
 def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeTimings:
-    """Time every decode op of ``shape`` with ``sim.kernels`` (the live executor's code), all points in
-    interleaved rounds, rotating weights and KV caches over more bytes than the L2 cache."""
+    """Time every decode op of ``shape`` with ``sim.kernels`` (the live executor's code), replayed from
+    CUDA graphs as the live executor runs them (norm, attention, router, routed, shared and dense FFNs;
+    the residual add is one eager kernel), all points in interleaved rounds, rotating weights and KV
+    caches over more bytes than the L2 cache (one graph per rotated copy)."""
     import torch
 
     from sim import kernels
@@ -515,23 +517,38 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         return (torch.randn(*size, generator=gen, device=dev) * h**-0.5).to(dt)
 
     points: dict[tuple[str, int, int], Callable[[int], Any]] = {}
+    graphs = kernels.GraphPool(dev)
+
+    def rotated(calls: Sequence[Callable[[], Any]]) -> Callable[[int], Any]:
+        replays = [graphs.capture(call) for call in calls]
+        return lambda i: replays[i % len(replays)]()
+
     layers = _attention_layers(shape, effort, watch.device, gen)
-    for b in effort.batches:
-        x, y = rand(b, h), rand(b, h)
-        for ctx in effort.contexts:
-            points["attention", b, ctx] = lambda i, x=x, ctx=ctx: kernels.attention(
-                x, layers[i % len(layers)], shape, ctx
+    for ctx in effort.contexts:
+        at = kernels.Positions(max(effort.contexts), dev)
+        at.set(ctx)
+        length = kernels.attention_length(ctx, at.max_context)
+        for b in effort.batches:
+            x, out = rand(b, h), rand(b, h)
+            points["attention", b, ctx] = rotated(
+                [
+                    lambda x=x, out=out, layer=layer, at=at, n=length: out.copy_(
+                        kernels.attention(x, layer, shape, at, n)
+                    )
+                    for layer in layers
+                ]
             )
     norm_w = torch.ones(h, device=dev, dtype=dt)
     gates = [rand(shape.num_experts, h) for _ in range(8)]
     predictors = [kernels.new_predictor(shape, dev) for _ in range(8)]
-    pool = torch.cuda.graph_pool_handle() if watch.cuda else None
     for b in effort.batches:
-        x, y = rand(b, h), rand(b, h)
-        points["norm", b, 0] = lambda _i, x=x: kernels.rms_norm(x, norm_w)
-        points["router", b, 0] = lambda i, x=x: kernels.router_scores(x, gates[i % len(gates)], shape.top_k)
+        x, y, out = rand(b, h), rand(b, h), rand(b, h)
+        points["norm", b, 0] = rotated([lambda x=x, out=out: kernels.norm_into(out, x, norm_w)])
+        points["router", b, 0] = rotated(
+            [lambda x=x, gate=gate: kernels.router_scores(x, gate, shape.top_k) for gate in gates]
+        )
         points["add", b, 0] = lambda _i, x=x, y=y: x.add_(y)
-        graphed = [kernels.GraphedCall(p, x, pool) for p in predictors]
+        graphed = [kernels.GraphedCall(p, x, graphs) for p in predictors]
         points["predictor_gpu", b, 0] = lambda i, x=x, g=graphed: g[i % len(g)](x)
     ffns = {"expert": shape.expert_intermediate_size}
     if shape.num_shared_experts:
@@ -545,8 +562,11 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         for n_tok in effort.tokens:
             x = rand(n_tok, h)
             out = torch.zeros_like(x)
-            points[op, n_tok, 0] = lambda i, x=x, out=out, w=weights, n=intermediate: kernels.expert_into(
-                out, x, w[i % len(w)], h, n, 0.5
+            points[op, n_tok, 0] = rotated(
+                [
+                    lambda x=x, out=out, w=w, n=intermediate: kernels.expert_into(out, x, w, h, n, 0.5)
+                    for w in weights
+                ]
             )
     keys = list(points)
     times = dict(zip(keys, watch.per_call_all([points[k] for k in keys]), strict=True))
@@ -1033,9 +1053,10 @@ def to_profile(
             if serial
             else f"Copy engines: {result.copy_engines or 'not readable, assumed'}. "
         )
-        + "Op curves: per-call medians of sim.kernels (the live executor's own code) called back to "
-        "back, all points in interleaved rounds, weights rotated over more than the L2 cache; the "
-        "predictor MLP replayed from a CUDA graph as the live executor runs it; launch overhead: one "
+        + "Op curves: per-call medians of sim.kernels (the live executor's own code, every multi-kernel "
+        "op and the predictor MLP replayed from a CUDA graph as the live executor runs them) called back "
+        "to back, all points in interleaved rounds, weights rotated over more than the L2 cache; launch "
+        "overhead: one "
         "trivial eager kernel back to back; <op>_gpu curves: the same calls queued behind a sleeping "
         "kernel (the GPU's time alone). "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "

@@ -12,7 +12,8 @@ times, because one host thread launches the ops that the GPU then runs:
   than the op time. The engine (sim.engine) lets the host run ahead of the GPU, as the live executor
   does, so this is the time the GPU still needs for an op launched before its input copy landed.
 
-Kernel counts follow ``sim.kernels``' eager PyTorch code.
+Kernel counts follow ``sim.kernels``' PyTorch code run eagerly (the roofline of a profile without
+measured curves; the live executor replays each op from a CUDA graph, which calibration measures).
 
 A decoder layer runs, on one compute stream::
 

@@ -9,6 +9,14 @@ little: attention is plain grouped-query attention (no rotary embedding, DeepSee
 multi-head attention of the same head count and head dim); a routed expert is SwiGLU stored as ONE flat
 bf16 buffer of ``3*h*i`` elements (fused gate/up rows then down), so a transfer moves exactly
 ``bytes_per_expert`` bytes and a GPU slot is a row of one big tensor.
+
+Every multi-kernel op runs from a CUDA graph on a GPU (``GraphPool``), as serving engines decode: at
+batch 1 an eager Python executor spends 4-5x the GPU's time launching kernels (sim/live.py measured
+760-870 us of host against 410-530 us of GPU per Qwen3/DeepSeek layer;
+``benchmarks/bench_graphed_layer.py``), so its step time would be the host's, and the lent VMs' host
+speed moves by up to 2x. A graph needs fixed shapes and addresses: ops read and write tensors that stay
+in place, and attention takes its step's position from device tensors (``Positions``) and attends over
+the context rounded up to a power of two, masked (``attention_length``).
 """
 
 from __future__ import annotations
@@ -68,6 +76,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), weight, RMS_EPS)
 
 
+def norm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """``out = rms_norm(x)``, in place (a graph's output must stay where it is)."""
+    out.copy_(rms_norm(x, weight))
+
+
 @dataclass
 class AttentionWeights:
     """One layer's attention: fused QKV and output projections, its KV cache and its two norms."""
@@ -102,24 +115,52 @@ def new_attention(
     )
 
 
-def attention(x: torch.Tensor, layer: AttentionWeights, shape: ModelShape, context: int) -> torch.Tensor:
-    """Decode attention for one new position per sequence at ``context`` tokens (the new one included).
+class Positions:
+    """Where a decode step writes its new key and value and how far its attention reaches, as device
+    tensors that graphs read at replay (``set`` before each step: two small launches)."""
 
-    QKV projection, write the new key/value at position ``context - 1``, SDPA over the first ``context``
-    cached positions, output projection. ``x`` is ``[B, h]`` (already normalised); the cache may hold
-    more sequences than ``B`` (the first ``B`` are used).
-    """
+    def __init__(self, max_context: int, device: torch.device) -> None:
+        self.max_context = max_context
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.context = torch.ones((), dtype=torch.long, device=device)
+        self.indices = torch.arange(max_context, device=device)
+
+    def set(self, context: int) -> None:
+        """The step's tokens sit at position ``context - 1`` and attend to ``context`` positions."""
+        self.position.fill_(context - 1)
+        self.context.fill_(context)
+
+
+def attention_length(context: int, max_context: int) -> int:
+    """Key positions attention reads at ``context``: the next power of two (capped at the cache's
+    length), so one graph per power of two serves every context."""
+    return min(max_context, 1 << max(0, context - 1).bit_length())
+
+
+def attention_lengths(max_context: int) -> list[int]:
+    """Every ``attention_length`` a cache of ``max_context`` positions can meet."""
+    return sorted({attention_length(c, max_context) for c in range(1, max_context + 1)})
+
+
+def attention(
+    x: torch.Tensor, layer: AttentionWeights, shape: ModelShape, at: Positions, length: int
+) -> torch.Tensor:
+    """Decode attention for one new position per sequence: QKV projection, write the new key/value at
+    ``at.position``, SDPA over the first ``length`` cached positions with those at or beyond
+    ``at.context`` masked out, output projection. ``x`` is ``[B, h]`` (already normalised); the cache
+    may hold more sequences than ``B`` (the first ``B`` are used)."""
     heads, kv_heads, head_dim = attention_dims(shape)
     b = x.shape[0]
     qkv = x @ layer.wqkv.t()
     q, k, v = qkv.split((heads * head_dim, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
-    pos = context - 1
-    layer.k_cache[:b, :, pos] = k.view(b, kv_heads, head_dim)
-    layer.v_cache[:b, :, pos] = v.view(b, kv_heads, head_dim)
+    layer.k_cache[:b].index_copy_(2, at.position, k.view(b, kv_heads, 1, head_dim))
+    layer.v_cache[:b].index_copy_(2, at.position, v.view(b, kv_heads, 1, head_dim))
+    mask = (at.indices[:length] < at.context).view(1, 1, 1, length)
     o = F.scaled_dot_product_attention(
         q.view(b, heads, 1, head_dim),
-        layer.k_cache[:b, :, :context],
-        layer.v_cache[:b, :, :context],
+        layer.k_cache[:b, :, :length],
+        layer.v_cache[:b, :, :length],
+        attn_mask=mask,
         enable_gqa=kv_heads != heads,
     )
     return o.reshape(b, heads * head_dim) @ layer.wo.t()
@@ -149,33 +190,56 @@ def new_predictor(
     return model.to(device=device, dtype=dtype or torch_dtype(shape)).eval().requires_grad_(False)
 
 
+class GraphPool:
+    """Captures calls over tensors that stay in place into CUDA graphs sharing one memory pool, so that
+    a call of many kernels costs the host one launch. The graphs' temporaries share the pool, so their
+    replays must not overlap (one stream); their outputs live in tensors the caller keeps. On the CPU
+    ``capture`` returns the call itself: the same code runs eagerly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.pool = torch.cuda.graph_pool_handle()
+            self.stream = torch.cuda.Stream(device)
+
+    def capture(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` as a replayable graph (called once first: lazy set-up such as cuBLAS handles or SDPA's
+        kernel choice cannot happen inside a capture). Replays run on the current stream."""
+        if not self.cuda:
+            return fn
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            fn()
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin(pool=self.pool)
+            try:
+                fn()
+            finally:
+                graph.capture_end()
+        current.wait_stream(self.stream)
+        return graph.replay
+
+
 class GraphedCall:
-    """``fn(x)`` for inputs shaped like ``example``, replayed from one CUDA graph: a single launch instead
-    of one per kernel, so a small op such as the predictor MLP costs the host almost nothing (a real
-    engine would fuse or graph it too). On the CPU, or for other input shapes, ``fn`` is called directly.
+    """``fn(x)`` for inputs shaped like ``example``, replayed from one CUDA graph of ``graphs`` (the
+    input is copied into a static tensor first); for other input shapes ``fn`` is called directly.
+    The output tensor is reused by every call."""
 
-    Replays run on the current stream; the output tensor is reused by every call.
-    """
-
-    def __init__(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor, pool: Any = None) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor, graphs: GraphPool) -> None:
         self.fn = fn
-        self.graph: Any = None
-        if not example.is_cuda:
-            return
         self.static_in = example.clone()
-        warm = torch.cuda.Stream(example.device)
-        warm.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.cuda.stream(warm):
-            for _ in range(3):
-                fn(self.static_in)
-        torch.cuda.current_stream(example.device).wait_stream(warm)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        self.static_out: Any = None
+
+        def call() -> None:
             self.static_out = fn(self.static_in)
 
+        self.replay = graphs.capture(call)
+
     def __call__(self, x: torch.Tensor) -> Any:
-        if self.graph is None or x.shape != self.static_in.shape:
+        if x.shape != self.static_in.shape:
             return self.fn(x)
         self.static_in.copy_(x)
-        self.graph.replay()
+        self.replay()
         return self.static_out

@@ -3,10 +3,14 @@
 ``run_live`` replays a trace token by token with real tensors of a real model's shape: attention weights,
 KV caches, norms, routers, shared experts and dense MLPs resident on the GPU; routed experts in pinned host
 memory; a fixed number of GPU expert slots; host-to-device copies on ``engines`` copy streams; compute
-on one stream with the SwiGLU kernels of ``sim.kernels``. Which expert is fetched, into which slot, and
-what is a hit or a miss is decided by the very ``DecodeController`` (cache, eviction, policy) that the
-SimPy engine drives: this module only decides *when*, as the real hardware dictates. Routing and
-predictions come from the trace; the predictor and router kernels still run for their cost.
+on one stream with the kernels of ``sim.kernels``, each op (norm, attention, router, shared experts, a
+routed expert from its slot, a dense MLP) replayed from its own CUDA graph as serving engines decode, so
+a layer costs the host a few launches, not dozens (the eager executor of sessions 2-4 was host-bound at
+batch 1, and the lent VMs' host speed moved by up to 2x); the residual adds are single eager kernels.
+Which expert is fetched, into which slot, and what is a hit or a miss is decided by the very
+``DecodeController`` (cache, eviction, policy) that the SimPy engine drives: this module only decides
+*when*, as the real hardware dictates. Routing and predictions come from the trace; the predictor and
+router kernels still run for their cost.
 
 Host-side scheduling mirrors the simulator's link model (sim.link):
 
@@ -40,7 +44,9 @@ decisions must equal the simulator's.
 
 Simplifications (they change timing a little and are documented in the validation README): no embedding,
 LM head or sampling (``step_overhead_s`` = 0 as in the simulator's default); a step of several tokens runs
-attention at the mean context and each expert on the first ``n`` rows (no gather/scatter kernels).
+attention at the mean context and each expert on the first ``n`` rows (no gather/scatter kernels), and
+ops over fewer rows than the batch run eagerly; attention reads the context rounded up to a power of
+two, masked (``sim.kernels.attention_length``: one graph per length).
 """
 
 from __future__ import annotations
@@ -526,8 +532,29 @@ class _LiveTimeline:
 # ---------------------------------------------------------------------------------------------- the model
 
 
+class _Op:
+    """One decode op over the model's in-place tensors, ``fn(rows)`` on their first ``rows`` rows:
+    replayed from its CUDA graph when a step fills the batch, called eagerly for fewer rows."""
+
+    __slots__ = ("batch", "fn", "replay")
+
+    def __init__(self, fn: Callable[[int], Any], batch: int, graphs: Any) -> None:
+        self.fn = fn
+        self.batch = batch
+        self.replay = graphs.capture(lambda: fn(batch))
+
+    def __call__(self, rows: int) -> None:
+        if rows == self.batch:
+            self.replay()
+        else:
+            self.fn(rows)
+
+
 class LiveModel:
-    """One model shape's GPU-side state: weights, KV caches, expert slots and pinned host experts.
+    """One model shape's GPU-side state: weights, KV caches, expert slots and pinned host experts, and
+    its decode ops (``_Op``: one CUDA graph each) over tensors that stay in place: the hidden state
+    ``x``, its normalised copies ``xn`` (attention input) and ``hn`` (MoE input), the attention output
+    and the MoE block's sum ``out``.
 
     Built once per shape with the most slots any run will need; runs use a prefix of the slots.
     """
@@ -577,11 +604,6 @@ class LiveModel:
             for d in range(shape.num_layers)
             if d not in moe
         }
-        predictors = [kernels.new_predictor(shape, device) for _ in shape.moe_layers] if predictor else []
-        pool = torch.cuda.graph_pool_handle() if self.dev.cuda and predictors else None
-        example = rand(batch, h)
-        # the predictor replays from a CUDA graph (one launch), as calibration times it
-        self.predict = [kernels.GraphedCall(p, example, pool) for p in predictors]
         elements = kernels.expert_elements(h, shape.expert_intermediate_size)
         self.slots = torch.empty(max(slots, 1), elements, dtype=dt, device=device)
         for chunk in self.slots.split(max(1, GIB // (elements * 2))):
@@ -589,22 +611,67 @@ class LiveModel:
         self.host = torch.empty(max(host_buffers, 1), elements, dtype=dt, pin_memory=self.dev.cuda)
         for i in range(self.host.shape[0]):
             self.host[i].copy_(self.slots[i % self.slots.shape[0]])
-        self.dev.synchronize()
         # one view per slot and host buffer, made once: indexing per copy costs host time
         self.slot_views = list(self.slots.unbind(0))
         self.host_views = list(self.host.unbind(0))
-        self._prewarm_attention(rand(batch, h))
-
-    def _prewarm_attention(self, x: torch.Tensor) -> None:
-        """Run attention once at every context length a run can meet. On the H200 the first call at
-        each new key length cost tens of milliseconds (one-time set-up inside SDPA), which made the
-        first run after building a model far slower than a repeat of it."""
-        from sim import kernels
-
-        with self.torch.inference_mode():
-            for context in range(1, self.max_context + 1):
-                kernels.attention(x, self.attention[0], self.shape, context)
+        self.x, self.xn, self.hn, self.attn_out, self.out = (rand(batch, h) for _ in range(5))
+        self.at = kernels.Positions(max_context, device)
+        with torch.inference_mode():
+            self._capture_ops(kernels, predictor)
         self.dev.synchronize()
+
+    def _capture_ops(self, kernels: Any, predictor: bool) -> None:
+        """The decode ops, captured: per layer its norms and one attention per attention length, per MoE
+        layer its router and shared experts, per dense layer its MLP, per slot its routed expert; on
+        the side stream (own pool: it runs beside the compute stream) the predictors."""
+        shape, batch = self.shape, self.batch
+        h, inter = shape.hidden_size, shape.expert_intermediate_size
+        x, xn, hn, attn_out, out, at = self.x, self.xn, self.hn, self.attn_out, self.out, self.at
+        graphs = kernels.GraphPool(self.dev.device)
+        side = kernels.GraphPool(self.dev.device)
+
+        def op(fn: Callable[[int], Any], pool: Any = graphs) -> _Op:
+            return _Op(fn, batch, pool)
+
+        lengths = kernels.attention_lengths(self.max_context)
+        self.input_norm, self.post_norm, self.attend = [], [], []
+        for layer in self.attention:
+            self.input_norm.append(op(lambda n, w=layer.input_norm: kernels.norm_into(xn[:n], x[:n], w)))
+            self.post_norm.append(op(lambda n, w=layer.post_norm: kernels.norm_into(hn[:n], x[:n], w)))
+            self.attend.append(
+                {
+                    length: op(
+                        lambda n, a=layer, m=length: attn_out[:n].copy_(
+                            kernels.attention(xn[:n], a, shape, at, m)
+                        )
+                    )
+                    for length in lengths
+                }
+            )
+        self.route = [
+            op(lambda n, g=gate: kernels.router_scores(hn[:n], g, shape.top_k)) for gate in self.gates
+        ]
+        # the cross-layer "gate" predictor: the next layer's router on the side stream
+        self.gate_predict = [
+            op(lambda n, g=gate: kernels.router_scores(hn[:n], g, shape.top_k), side) for gate in self.gates
+        ]
+        shared_inter = shape.shared_intermediate_size
+        self.shared_experts = [
+            op(lambda n, w=w: out[:n].copy_(kernels.swiglu(hn[:n], w, h, shared_inter))) for w in self.shared
+        ]
+        dense_inter = shape.dense_intermediate_size or inter
+        self.dense_mlp = {
+            d: op(lambda n, w=w: kernels.expert_into(x[:n], hn[:n], w, h, dense_inter, 1.0))
+            for d, w in self.dense.items()
+        }
+        self.expert = [
+            op(lambda n, w=w: kernels.expert_into(out[:n], hn[:n], w, h, inter, 1.0)) for w in self.slot_views
+        ]
+        predictors = (
+            [kernels.new_predictor(shape, self.dev.device) for _ in shape.moe_layers] if predictor else []
+        )
+        # the predictor replays from a CUDA graph (one launch), as calibration times it
+        self.predict = [kernels.GraphedCall(p, xn, side) for p in predictors]
 
 
 def open_model(
@@ -780,9 +847,6 @@ class _Decode:
         model, controller, dev, queue = self.model, self.controller, self.dev, self.queue
         torch = model.torch
         shape = model.shape
-        h = shape.hidden_size
-        inter = shape.expert_intermediate_size
-        dense_inter = shape.dense_intermediate_size or inter
         policy = controller.policy
         issue_point = policy.issue_point
         mlp = policy.predictor_kind == "mlp"
@@ -791,8 +855,9 @@ class _Decode:
         num_moe = shape.num_moe_layers
         submit, pump, timeline = queue.submit, queue.pump, self.timeline
         marker = dev.marker
+        x, xn, attn_out, out = model.x, model.xn, model.attn_out, model.out
         gen = torch.Generator(device=dev.device).manual_seed(1)
-        x_all = (torch.randn(model.batch, h, generator=gen, device=dev.device) * 0.1).to(model.slots.dtype)
+        x.copy_(torch.randn(x.shape, generator=gen, device=dev.device) * 0.1)
         boundaries = [marker(timing=True)]
         timeline.origin = boundaries[0]
         router_marks: list[Any] = []
@@ -809,16 +874,17 @@ class _Decode:
             step = controller.step
             n = step.num_tokens
             context = max(1, min(model.max_context, step.context_total // n))
-            x = x_all[:n]
+            model.at.set(context)
+            length = kernels.attention_length(context, model.max_context)
             for d in range(shape.num_layers):
-                att = model.attention[d]
                 j = moe_index.get(d)
                 if j is None:
                     t0 = marker(timing=True) if tl else None
-                    xn = kernels.rms_norm(x, att.input_norm)
-                    x.add_(kernels.attention(xn, att, shape, context))
-                    hn = kernels.rms_norm(x, att.post_norm)
-                    x.add_(kernels.swiglu(hn, model.dense[d], h, dense_inter))
+                    model.input_norm[d](n)
+                    model.attend[d][length](n)
+                    x[:n].add_(attn_out[:n])
+                    model.post_norm[d](n)
+                    model.dense_mlp[d](n)
                     if tl:
                         timeline.op("compute", "dense layer", t0, marker(timing=True))
                     pump()
@@ -826,7 +892,7 @@ class _Decode:
                 if len(router_marks) >= 2:
                     queue.wait_until(router_marks[-2])  # stay at most one MoE layer ahead of the GPU
                 t0 = marker(timing=True) if tl else None
-                xn = kernels.rms_norm(x, att.input_norm)
+                model.input_norm[d](n)
                 ls = _Gate(marker(timing=tl)) if tl or issue_point == LAYER_START else None
                 requests = controller.layer_start(j)
                 if requests:
@@ -839,7 +905,7 @@ class _Decode:
                     if mlp:
                         dev.wait(dev.side, ls.marker)
                         dev.use(dev.side)
-                        model.predict[j](xn)
+                        model.predict[j](xn[:n])
                         pred = _Gate(marker(dev.side, timing=tl))
                         dev.use(dev.compute)
                         if tl:
@@ -847,11 +913,12 @@ class _Decode:
                     requests = controller.prediction_ready(j)
                     if requests:
                         submit(requests, pred)
-                x.add_(kernels.attention(xn, att, shape, context))
+                model.attend[d][length](n)
+                x[:n].add_(attn_out[:n])
                 t1 = marker(timing=True) if tl else None
                 pump()
-                hn = kernels.rms_norm(x, att.post_norm)
-                kernels.router_scores(hn, model.gates[j], shape.top_k)
+                model.post_norm[d](n)
+                model.route[j](n)
                 rt = _Gate(marker(timing=tl))
                 router_marks.append(rt.marker)
                 if tl:
@@ -869,26 +936,26 @@ class _Decode:
                     if gate_pred:
                         dev.wait(dev.side, rt.marker)
                         dev.use(dev.side)
-                        kernels.router_scores(hn, model.gates[j + 1], shape.top_k)
+                        model.gate_predict[j + 1](n)
                         pred = _Gate(marker(dev.side))
                         dev.use(dev.compute)
                     requests = controller.prediction_ready(j + 1)
                     if requests:
                         submit(requests, pred)
-                if model.shared:
+                if model.shared_experts:
                     t0 = marker(timing=True) if tl else None
-                    out = kernels.swiglu(hn, model.shared[j], h, shape.shared_intermediate_size)
+                    model.shared_experts[j](n)
                     if tl:
                         timeline.op("compute", "shared experts", t0, marker(timing=True), j)
                 else:
-                    out = torch.zeros_like(hn)
+                    out[:n].zero_()
                 status = decision.status
                 for i, st in enumerate(status):
                     if st == HIT:
-                        self._expert(out, hn, n, decision, i, j, inter)
+                        self._expert(decision, i, j)
                 if len(decision.demands) + len(decision.late):
-                    self._waiting_experts(out, hn, n, decision, j, inter)
-                x.add_(out)
+                    self._waiting_experts(decision, j)
+                x[:n].add_(out[:n])
                 requests = controller.layer_end(j)
                 if requests:
                     submit(requests, _Gate(marker()))
@@ -904,7 +971,7 @@ class _Decode:
         )
         return steps, stall
 
-    def _waiting_experts(self, out: Any, hn: Any, n: int, decision: Any, j: int, inter: int) -> None:
+    def _waiting_experts(self, decision: Any, j: int) -> None:
         """Experts whose copies have not landed, in landing order, each behind a wait for its copy."""
         queue, dev, tl = self.queue, self.dev, self.timeline.on
         waiting = [i for i, st in enumerate(decision.status) if st != HIT]
@@ -919,18 +986,13 @@ class _Decode:
                     dev.wait(dev.compute, transfer.done)
                     if tl:
                         self.waits[j].append((before, dev.marker(timing=True)))
-            self._expert(out, hn, n, decision, i, j, inter)
+            self._expert(decision, i, j)
 
-    def _expert(self, out: Any, hn: Any, n: int, decision: Any, i: int, j: int, inter: int) -> None:
-        from sim import kernels
-
+    def _expert(self, decision: Any, i: int, j: int) -> None:
+        """Routed expert ``i`` of the decision, from its slot, on the rows of the tokens it serves."""
         dev, timeline = self.dev, self.timeline
         t0 = dev.marker(timing=True) if timeline.on else None
-        tokens = decision.tokens[i]
-        if tokens < n:
-            out, hn = out[:tokens], hn[:tokens]
-        slot = self.model.slot_views[decision.slots[i]]
-        kernels.expert_into(out, hn, slot, self.model.shape.hidden_size, inter, 1.0)
+        self.model.expert[decision.slots[i]](decision.tokens[i])
         if timeline.on:
             timeline.op("compute", "expert", t0, dev.marker(timing=True), j, decision.experts[i])
         self.queue.pump()
