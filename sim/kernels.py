@@ -219,7 +219,12 @@ class GraphPool:
             finally:
                 graph.capture_end()
         current.wait_stream(self.stream)
-        return graph.replay
+
+        def replay(keep: Callable[[], Any] = fn) -> None:
+            # the graph holds the addresses of fn's tensors: keeping fn keeps them from being freed
+            graph.replay()
+
+        return replay
 
 
 class GraphedCall:
