@@ -131,6 +131,8 @@ class ShapeTimings:
     #: GPU time alone of each op of sim.hardware.GPU_TIMED_OPS (launches hidden behind a sleeping
     #: kernel), indexed like its op curve above; empty on the CPU and in calibrations that predate it
     gpu_s: dict[str, Any] = field(default_factory=dict)
+    #: the host's launch time alone of the same calls (timed while the sleeping kernel held the GPU)
+    host_s: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -298,26 +300,94 @@ class Stopwatch:
         return self.per_call_all([fn], inner, reps)[0]
 
     def per_call_all(
-        self,
-        fns: Sequence[Callable[[int], Any]],
-        inner: int | None = None,
-        reps: int | None = None,
-        queued: bool = False,
+        self, fns: Sequence[Callable[[int], Any]], inner: int | None = None, reps: int | None = None
     ) -> list[float]:
         """Per-call medians of several callables measured in interleaved rounds (every repetition times
         each callable once), so a drift of the host's speed during calibration affects them alike.
         A short host probe (``sim.host_speed.step_probe_s``) before each burst drops the bursts that ran
         with the host core at its slow level (beyond ``FAST_STEP_TOLERANCE`` of the fastest probe of the
         call) from the medians: at batch 1 those intervals time the host, which switches level inside a
-        phase too.
-
-        ``queued`` (GPU only): each burst waits behind a sleeping kernel sized to outlast its launches
-        (three times their warm-up time), so the interval is the GPU's time alone, back to back; a burst
-        whose launches took longer than the sleep is left out (no probes)."""
+        phase too."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
+        burst = self._bursts(fns, inner)
+        samples: list[list[float]] = [[] for _ in fns]
+        probes: list[list[float]] = [[] for _ in fns]
+        marks = []
+        for _ in range(reps):
+            for k in range(len(fns)):
+                probes[k].append(step_probe_s())
+                if self.cuda:
+                    start, end = (
+                        self.torch.cuda.Event(enable_timing=True),
+                        self.torch.cuda.Event(enable_timing=True),
+                    )
+                    start.record()
+                    burst(k)
+                    end.record()
+                    marks.append((k, start, end))
+                else:
+                    t0 = time.perf_counter()
+                    burst(k)
+                    samples[k].append((time.perf_counter() - t0) / inner)
+        self.sync()
+        for k, start, end in marks:
+            samples[k].append(start.elapsed_time(end) / 1e3 / inner)
+        return [median(x) for x in fast_samples(samples, probes)]
+
+    def queued_all(
+        self, fns: Sequence[Callable[[int], Any]], inner: int | None = None, reps: int | None = None
+    ) -> tuple[list[float], list[float]]:
+        """(GPU, host) per-call medians of several callables (GPU only), in interleaved rounds: each burst
+        is launched while a sleeping kernel holds the stream (sized to three times the burst's warm-up
+        launches), so the host's interval is its launch time alone and the GPU's, between events, its
+        time alone, back to back. A burst whose launches outlasted the sleep is left out, and so are the
+        host intervals of bursts probed at the host's slow level (as in ``per_call_all``)."""
+        inner = inner or self.effort.inner
+        reps = reps or self.effort.reps
+        burst = self._bursts(fns, inner)
+        cycles_per_s = self._sleep_cycles_per_s()
+        gpu: list[list[float]] = [[] for _ in fns]
+        host: list[list[float]] = [[] for _ in fns]
+        probes: list[list[float]] = [[] for _ in fns]
+        marks = []
+        for _ in range(reps):
+            for k in range(len(fns)):
+                probe = step_probe_s()
+                start, end = (
+                    self.torch.cuda.Event(enable_timing=True),
+                    self.torch.cuda.Event(enable_timing=True),
+                )
+                sleep_s = 3 * inner * self._launch_s[k] + 100e-6
+                self.torch.cuda._sleep(int(sleep_s * cycles_per_s))
+                t0 = time.perf_counter()
+                start.record()
+                burst(k)
+                end.record()
+                launched = time.perf_counter() - t0
+                if launched < sleep_s:
+                    marks.append((k, start, end))
+                    host[k].append(launched / inner)
+                    probes[k].append(probe)
+        self.sync()
+        for k, start, end in marks:
+            gpu[k].append(start.elapsed_time(end) / 1e3 / inner)
+        if any(not x for x in gpu):
+            raise RuntimeError("every queued burst of a call outlasted its sleep")
+        return [median(x) for x in gpu], [median(x) for x in fast_samples(host, probes)]
+
+    def _bursts(self, fns: Sequence[Callable[[int], Any]], inner: int) -> Callable[[int], None]:
+        """Warm each callable up (timing its launches into ``_launch_s``), then return ``burst(k)``:
+        ``inner`` calls of ``fns[k]`` back to back (``i`` counts on, for rotating operands)."""
         calls = [0] * len(fns)
-        launch_s = [0.0] * len(fns)
+        self._launch_s = [0.0] * len(fns)
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for i in range(self.effort.warmup):
+                fn(i)
+            self._launch_s[k] = (time.perf_counter() - t0) / max(1, self.effort.warmup)
+            calls[k] = self.effort.warmup
+        self.sync()
 
         def burst(k: int) -> None:
             fn, c = fns[k], calls[k]
@@ -325,52 +395,7 @@ class Stopwatch:
                 fn(i)
             calls[k] = c + inner
 
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for i in range(self.effort.warmup):
-                fn(i)
-            launch_s[k] = (time.perf_counter() - t0) / max(1, self.effort.warmup)
-            calls[k] = self.effort.warmup
-        self.sync()
-        samples: list[list[float]] = [[] for _ in fns]
-        probes: list[list[float]] = [[] for _ in fns]
-
-        def probe(k: int) -> None:
-            if not queued:
-                probes[k].append(step_probe_s())
-
-        if self.cuda:
-            event = self.torch.cuda.Event
-            cycles_per_s = self._sleep_cycles_per_s() if queued else 0.0
-            marks = []
-            for _ in range(reps):
-                for k in range(len(fns)):
-                    start, end = event(enable_timing=True), event(enable_timing=True)
-                    sleep_s = 3 * inner * launch_s[k] + 100e-6
-                    if queued:  # hold the stream while the burst's launches queue up behind it
-                        self.torch.cuda._sleep(int(sleep_s * cycles_per_s))
-                    probe(k)
-                    t0 = time.perf_counter()
-                    start.record()
-                    burst(k)
-                    end.record()
-                    # a queued burst whose launches outlasted the sleep timed the host too: left out
-                    marks.append((k, start, end, not queued or time.perf_counter() - t0 < sleep_s))
-            self.sync()
-            covered: list[list[float]] = [[] for _ in fns]
-            for k, start, end, held in marks:
-                samples[k].append(start.elapsed_time(end) / 1e3 / inner)
-                if held:
-                    covered[k].append(samples[k][-1])
-            samples = [c or x for c, x in zip(covered, samples, strict=True)]
-        else:
-            for _ in range(reps):
-                for k in range(len(fns)):
-                    probe(k)
-                    t0 = time.perf_counter()
-                    burst(k)
-                    samples[k].append((time.perf_counter() - t0) / inner)
-        return [median(x) for x in fast_samples(samples, probes)]
+        return burst
 
     def _sleep_cycles_per_s(self) -> float:
         """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel), timed once."""
@@ -485,18 +510,20 @@ def measure_device_bandwidth(watch: Stopwatch, size: int) -> float:
     return 2.0 * size / t / 1e9
 
 
-def _gpu_times(
+def _queued_times(
     watch: Stopwatch, points: dict[tuple[str, int, int], Callable[[int], Any]]
-) -> dict[tuple[str, int, int], float]:
-    """The GPU time alone of each point of the ops in ``GPU_TIMED_OPS``; empty (and said on stderr) if
-    this torch cannot hold a stream (``torch.cuda._sleep`` is private API): the simulator then falls back
-    to the roofline for GPU times, and the op curves are complete without these."""
+) -> tuple[dict[tuple[str, int, int], float], dict[tuple[str, int, int], float]]:
+    """The GPU time alone and the host's launch time alone of each point of the ops in
+    ``GPU_TIMED_OPS`` (``Stopwatch.queued_all``); both empty (and said on stderr) if this torch cannot
+    hold a stream (``torch.cuda._sleep`` is private API): the simulator then falls back to the roofline
+    for GPU times and to the op times for launches, and the op curves are complete without these."""
     keys = [k for k in points if k[0] in GPU_TIMED_OPS]
     try:
-        return dict(zip(keys, watch.per_call_all([points[k] for k in keys], queued=True), strict=True))
+        gpu, host = watch.queued_all([points[k] for k in keys])
     except (AttributeError, RuntimeError) as exc:
         print(f"calibrate: GPU-only op times NOT measured ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return {}
+        return {}, {}
+    return dict(zip(keys, gpu, strict=True)), dict(zip(keys, host, strict=True))
 
 
 def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeTimings:
@@ -570,7 +597,7 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
             )
     keys = list(points)
     times = dict(zip(keys, watch.per_call_all([points[k] for k in keys]), strict=True))
-    gpu_times = _gpu_times(watch, points) if watch.cuda else {}
+    gpu_times, host_times = _queued_times(watch, points) if watch.cuda else ({}, {})
 
     cpu_watch = Stopwatch(torch.device("cpu"), dataclasses.replace(effort, inner=max(1, effort.inner // 2)))
     pred_cpu = kernels.new_predictor(shape, torch.device("cpu"), torch.float32)
@@ -582,14 +609,18 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
     ) -> list[float]:
         return [measured[op, n, 0] for n in axis] if (op, axis[0], 0) in measured else []
 
-    gpu_s: dict[str, Any] = {}
-    if gpu_times:
-        gpu_s["attention"] = [[gpu_times["attention", b, c] for c in effort.contexts] for b in effort.batches]
+    def queued_curves(measured: dict[tuple[str, int, int], float]) -> dict[str, Any]:
+        if not measured:
+            return {}
+        out: dict[str, Any] = {
+            "attention": [[measured["attention", b, c] for c in effort.contexts] for b in effort.batches]
+        }
         for op in ("norm", "router", "add"):
-            gpu_s[op] = curve(op, effort.batches, gpu_times)
+            out[op] = curve(op, effort.batches, measured)
         for op in ("expert", "shared", "dense"):
-            if values := curve(op, effort.tokens, gpu_times):
-                gpu_s[op] = values
+            if values := curve(op, effort.tokens, measured):
+                out[op] = values
+        return out
 
     return ShapeTimings(
         shape=shape.name,
@@ -605,7 +636,8 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         dense_s=curve("dense", effort.tokens),
         predictor_gpu_s=curve("predictor_gpu", effort.batches),
         predictor_cpu_s=predictor_cpu_s,
-        gpu_s=gpu_s,
+        gpu_s=queued_curves(gpu_times),
+        host_s=queued_curves(host_times),
     )
 
 
@@ -1027,10 +1059,11 @@ def to_profile(
         curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
         per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
         curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
-        for op, values in t.gpu_s.items():
-            axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
-            context = t.contexts if op == "attention" else ()
-            curves.append(OpCurve(f"{op}_gpu", shape.name, axis, values, context))
+        for suffix, timed in (("_gpu", t.gpu_s), ("_host", t.host_s)):
+            for op, values in timed.items():
+                axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
+                context = t.contexts if op == "attention" else ()
+                curves.append(OpCurve(f"{op}{suffix}", shape.name, axis, values, context))
         if shape.name in result.host_layer_s:
             curves.append(OpCurve("host_layer", shape.name, (1,), (result.host_layer_s[shape.name],)))
     source = (
@@ -1057,8 +1090,9 @@ def to_profile(
         "op and the predictor MLP replayed from a CUDA graph as the live executor runs them) called back "
         "to back, all points in interleaved rounds, weights rotated over more than the L2 cache; launch "
         "overhead: one "
-        "trivial eager kernel back to back; <op>_gpu curves: the same calls queued behind a sleeping "
-        "kernel (the GPU's time alone). "
+        "trivial eager kernel back to back; <op>_gpu and <op>_host curves: the same calls launched while a "
+        "sleeping kernel held the GPU (the GPU's time alone, back to back, and the host's launch time "
+        "alone). "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
         "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
         "Host costs of the live executor (host-bound at batch 1): host_layer per shape = the "

@@ -10,7 +10,11 @@ times, because one host thread launches the ops that the GPU then runs:
 - its *GPU time* (``gpu_s``): the profile's ``<op>_gpu`` curve (calibration times the op queued behind
   a sleeping kernel, so its launches are hidden), else ``flops / peak + bytes / bandwidth``; never more
   than the op time. The engine (sim.engine) lets the host run ahead of the GPU, as the live executor
-  does, so this is the time the GPU still needs for an op launched before its input copy landed.
+  does, so this is the time the GPU still needs for an op launched before its input copy landed;
+- its *launch time* (``launch_s``): what launching it costs the host thread, the profile's ``<op>_host``
+  curve (the same queued calls, timed on the host), else the op time. An executor that replays ops from
+  CUDA graphs launches in microseconds what runs for tens: there the op time is the GPU's, and the host
+  runs ahead.
 
 Kernel counts follow ``sim.kernels``' PyTorch code run eagerly (the roofline of a profile without
 measured curves; the live executor replays each op from a CUDA graph, which calibration measures).
@@ -74,6 +78,7 @@ class CostModel:
             "host_layer": c.curve("host_layer", shape.name),
         }
         self._gpu_curves = {op: c.curve(f"{op}_gpu", shape.name) for op in GPU_TIMED_OPS}
+        self._host_curves = {op: c.curve(f"{op}_host", shape.name) for op in GPU_TIMED_OPS}
         #: host time to issue one copy (delays the compute stream of a host-bound executor)
         self.issue_s = hardware.copy.issue_s
         # bind memoised versions per instance
@@ -86,6 +91,7 @@ class CostModel:
         self.predictor_s = lru_cache(maxsize=None)(self._predictor_s)
         self.attention_s = lru_cache(maxsize=4096)(self._attention_s)
         self.gpu_s = lru_cache(maxsize=4096)(self._gpu_s)
+        self.launch_s = lru_cache(maxsize=4096)(self._launch_s)
 
     # -- roofline
 
@@ -167,6 +173,16 @@ class CostModel:
         else:
             seconds = _curve_at(curve, tokens, context_total)
         return min(seconds * self.scale, self._op(op, tokens, context_total))
+
+    def _launch_s(self, op: str, tokens: int, context_total: int = 0) -> float:
+        """Host time to launch one call of ``op`` (an op of ``GPU_TIMED_OPS``): its measured launch time,
+        else its op time; 0 for shared experts of a model without them."""
+        if op == "shared" and not self.shape.num_shared_experts:
+            return 0.0
+        curve = self._host_curves.get(op)
+        if curve is None:
+            return self._op(op, tokens, context_total)
+        return _curve_at(curve, tokens, context_total) * self.scale
 
     def _predictor_s(self, kind: str | None, tokens: int, device: str = "gpu") -> float:
         """Time of one prediction for ``tokens`` tokens: "mlp" (the paper's d->2048->E MLP, on the GPU side

@@ -13,12 +13,13 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
     GPU:   norm | attention add norm router (R) | shared, experts (each: launched, and its copy landed) | add
            ^ layer start marker: pre-attention predictor on a side stream (or on the CPU)
 
-- Each op has an op time (the measured curve: at batch 1 the host's launch time) and a GPU time
-  (sim.costs.gpu_s). A GPU op ends at ``max(previous GPU end + its GPU time, the end of its launch)``;
-  an expert whose copy is not there also waits for the landing: ``max(landing + GPU time, ...)``. When the
-  GPU keeps up, step time is the host's sum of op times; when copies stall the GPU, the host runs on
-  and launches the next layer's ops meanwhile, up to the live executor's limit: at a MoE layer's start
-  it waits until the GPU has passed the router of two MoE layers back.
+- Each op has a launch time (sim.costs.launch_s: the host's; the op time where not measured apart) and a
+  GPU time (sim.costs.gpu_s). A GPU op ends at ``max(previous GPU end + its GPU time, the end of its
+  launch)``; an expert whose copy is not there also waits for the landing: ``max(landing + GPU time,
+  ...)``. When the GPU keeps up, step time is the host's sum of launch times (an eager executor at batch
+  1); when the launches are short (ops replayed from CUDA graphs) it is the GPU's; when copies stall the
+  GPU, the host runs on and launches the next layer's ops meanwhile, up to the live executor's limit: at
+  a MoE layer's start it waits until the GPU has passed the router of two MoE layers back.
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
   its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued.
 - A copy starts no earlier than the GPU marker it is gated on and the host's issue of it: layer-start and
@@ -221,7 +222,7 @@ class _Run:
             cs = [c_one] * len(status)
             gs = [g_one] * len(status)
         else:
-            cs = [costs.expert_s(x) for x in decision.tokens]
+            cs = [costs.launch_s("expert", x, 0) for x in decision.tokens]
             gs = [costs.gpu_s("expert", x, 0) for x in decision.tokens]
         waiting: list[tuple[float, int]] = []
         if decision.late or decision.demands:
@@ -274,7 +275,6 @@ class _Run:
         # (methods of the link and the controller are called through their objects, not bound to locals:
         # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
-        expert_s = costs.expert_s
         gpu_s = costs.gpu_s
         issue_s = costs.issue_s
         timeout = env.timeout
@@ -301,13 +301,14 @@ class _Run:
             assert step is not None
             n_tok = step.num_tokens
             ctx = step.context_total
-            # op times (the host's launches, at batch 1) and GPU times of this step's ops
-            norm = costs.norm_s(n_tok)
-            add = costs.add_s(n_tok)
-            attn = costs.attention_s(n_tok, ctx)
-            router = costs.router_s(n_tok)
-            shared = costs.shared_s(n_tok)
-            c_one = expert_s(1)
+            # launch times (the host's) and GPU times of this step's ops
+            launch_s = costs.launch_s
+            norm = launch_s("norm", n_tok, 0)
+            add = launch_s("add", n_tok, 0)
+            attn = launch_s("attention", n_tok, ctx)
+            router = launch_s("router", n_tok, 0)
+            shared = launch_s("shared", n_tok, 0)
+            c_one = launch_s("expert", 1, 0)
             host_pre = attn + add + norm + router + costs.host_layer_s(n_tok)
             g_norm = gpu_s("norm", n_tok, 0)
             g_add = gpu_s("add", n_tok, 0)
@@ -315,7 +316,7 @@ class _Run:
             g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router
             g_shared = gpu_s("shared", n_tok, 0)
             g_one = gpu_s("expert", 1, 0)
-            dense = 2 * norm + attn + costs.dense_s(n_tok) + 2 * add
+            dense = 2 * norm + attn + launch_s("dense", n_tok, 0) + 2 * add
             g_dense = 2 * g_norm + gpu_s("attention", n_tok, ctx) + gpu_s("dense", n_tok, 0) + 2 * g_add
             j = 0
             for is_moe in self.layer_plan:

@@ -82,9 +82,11 @@ OPS = (
     "predictor_cpu",
     "host_layer",
 )
-#: ops whose GPU time alone (launches hidden) calibration measures too, as curves named ``<op>_gpu``
+#: ops whose GPU time alone and host launch time alone calibration measures too, as curves named
+#: ``<op>_gpu`` and ``<op>_host`` (the calls queued behind a sleeping kernel: the host launches them while
+#: the GPU is held, then the GPU runs them back to back)
 GPU_TIMED_OPS = ("attention", "norm", "router", "add", "expert", "shared", "dense")
-OPS += tuple(f"{op}_gpu" for op in GPU_TIMED_OPS)
+OPS += tuple(f"{op}_gpu" for op in GPU_TIMED_OPS) + tuple(f"{op}_host" for op in GPU_TIMED_OPS)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ class OpCurve:
             raise ValueError(
                 f"curve {self.op}/{self.shape}: tokens must be strictly increasing and non-empty"
             )
-        if self.op in ("attention", "attention_gpu"):
+        if self.op.startswith("attention"):
             rows = tuple(tuple(float(x) for x in row) for row in self.seconds)
             if not self.context or list(self.context) != sorted(set(self.context)):
                 raise ValueError(f"curve {self.op}/{self.shape}: context must be strictly increasing")

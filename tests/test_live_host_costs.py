@@ -1,5 +1,6 @@
 """Host costs in the simulator (measured by calibration for the live executor): a fixed host time per
-MoE layer and a host time per issued copy, both on the compute stream's path."""
+MoE layer and a host time per issued copy, both on the compute stream's path, and each op's launch time,
+which a graphed executor keeps far below the GPU's time."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def test_profiles_without_host_costs_keep_their_dictionary() -> None:
     profile = load_profile("a100-pcie-gen4")
     assert "issue_s" not in profile.to_dict()["copy"]
     assert dataclasses.replace(profile.copy, issue_s=2e-6) != profile.copy
+
+
+def _op_curves(suffix: str, seconds: float) -> tuple[OpCurve, ...]:
+    """Every decode op of SHAPE at ``seconds`` per call (curves named ``<op><suffix>``)."""
+    flat = [
+        OpCurve(f"{op}{suffix}", SHAPE.name, (1,), (seconds,)) for op in ("norm", "router", "add", "expert")
+    ]
+    attention = OpCurve(f"attention{suffix}", SHAPE.name, (1,), ((seconds, seconds),), (1, 4096))
+    return (*flat, attention)
+
+
+def test_launches_far_shorter_than_the_gpu_time_make_a_step_take_the_gpus_time(trace) -> None:
+    base = load_profile("h200")
+    ops = (*_op_curves("", 100e-6), *_op_curves("_gpu", 50e-6))
+    eager = base.with_compute(curves=(*base.compute.curves, *ops))
+    graphed = base.with_compute(curves=(*base.compute.curves, *ops, *_op_curves("_host", 1e-6)))
+    # per MoE layer: norm, attention, add, norm, router, top_k experts, add
+    calls = 6 + SHAPE.top_k
+    host_bound, gpu_bound = _run(trace, eager, "resident"), _run(trace, graphed, "resident")
+    assert host_bound.step_latency_s == pytest.approx([3 * calls * 100e-6] * trace.num_tokens)
+    # the host runs ahead, launching in 1 us what the GPU runs in 50: the GPU sets the pace
+    assert gpu_bound.step_latency_s == pytest.approx([3 * calls * 50e-6] * trace.num_tokens)
