@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from sim.costs import CostModel
 from sim.hardware import GPU_TIMED_OPS
 from sim.host_speed import HostGate, fast_steps, step_probe_s
 from traces.schema import ModelShape
@@ -148,6 +149,11 @@ class HostRun:
     #: per step, the host core's speed right before it (sim.host_speed.step_probe_s; empty in runs
     #: kept before the probes existed)
     host_probe_s: list[float] = field(default_factory=list)
+    #: the host thread's busy time per step (its loop less its waits for the GPU; 0 in runs kept
+    #: before it was measured)
+    host_busy_s: float = 0.0
+    #: MoE layers of the truncated model it decoded
+    moe_layers: int = 4
 
 
 @dataclass
@@ -173,6 +179,7 @@ class Calibration:
     issue_s: float = 0.0
     #: per shape: host time per MoE layer of the live decode loop beyond its ops (see fit_host_costs)
     host_layer_s: dict[str, float] = field(default_factory=dict)
+    gpu_layer_s: dict[str, float] = field(default_factory=dict)
     #: the live runs those two were fitted to
     host_runs: list[HostRun] = field(default_factory=list)
     #: the host core's fast-level probe (sim.host_speed; 0: not gated) and every gated phase:
@@ -654,8 +661,9 @@ def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) 
     ]
 
 
-#: MoE layers of the truncated model a host-layer calibration run decodes, and its tokens
-HOST_LAYERS = 4
+#: MoE layers of the truncated model a host-cost calibration run decodes (4 before session 5: the
+#: host's work at each step's start then weighed a quarter as much as a layer's), and its tokens
+HOST_LAYERS = 12
 HOST_TOKENS = 32
 #: leading steps of a host-cost run left out of the fits (cold cache, first launches)
 HOST_WARMUP_STEPS = 2
@@ -679,6 +687,8 @@ ISSUE_FIT_POLICY = "oracle"
 #: bounds of the fitted host time per copy (seconds) and the bisection's steps
 ISSUE_FIT_MAX_S = 1e-3
 ISSUE_FIT_STEPS = 30
+#: bound of the fitted GPU time per MoE layer outside the ops (seconds)
+GPU_LAYER_FIT_MAX_S = 1e-3
 
 
 def fit_scalar(predict: Callable[[float], float], target: float, lo: float, hi: float, steps: int) -> float:
@@ -710,12 +720,12 @@ def host_run_setup(kind: str) -> tuple[Any, Any, Any]:
     raise ValueError(f"unknown host run kind {kind!r}")
 
 
-def host_workload(shape: ModelShape) -> tuple[ModelShape, Any]:
-    """The truncated model and the synthetic trace every host-cost run decodes (rebuilt from code, so
-    a kept run can be simulated again later)."""
+def host_workload(shape: ModelShape, moe_layers: int = HOST_LAYERS) -> tuple[ModelShape, Any]:
+    """The truncated model and the synthetic trace a host-cost run decodes (rebuilt from code, so a
+    kept run can be simulated again later)."""
     from sim.validate import synthetic_trace
 
-    small = truncated_shape(shape)
+    small = truncated_shape(shape, moe_layers)
     return small, synthetic_trace(small, HOST_TOKENS)
 
 
@@ -742,23 +752,31 @@ def record_host_run(
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
     # (the host-cost trace is one sequence decoded at batch 1: token i is step i)
     probes = [] if ran.host_probe_s is None else [float(x) for x in ran.host_probe_s]
-    return HostRun(shape.name, kind, [float(x) for x in ran.step_latency_s], probes)
+    busy_s = (ran.counters["host_loop_us"] - ran.counters["host_wait_gpu_us"]) / 1e6 / len(ran.step_latency_s)
+    return HostRun(
+        shape.name, kind, [float(x) for x in ran.step_latency_s], probes, busy_s, small.num_moe_layers
+    )
 
 
 def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[str]:
     """Fit the live executor's host costs to ``result.host_runs`` with the current simulator (CPU only,
     so a changed simulator can be re-fitted to the runs of an earlier calibration):
 
-    - ``host_layer_s[shape]``: the ``HOST_FIT_QUANTILE`` quantile over measured steps of (live -
-      simulated) step time of the resident run, per MoE layer;
+    - ``host_layer_s[shape]``: host time per MoE layer outside the launches. Where the resident run
+      measured the host thread's busy time, it is that time per step less the step probe and the ops'
+      launch times (the host's own time, whichever clock set the pace); in older runs, the
+      ``HOST_FIT_QUANTILE`` quantile over measured steps of (live - simulated) step time, per MoE layer
+      (right only for a host-bound executor);
+    - ``gpu_layer_s[shape]`` (runs with busy time only): the GPU time per MoE layer at which that
+      quantile of (live - simulated) is zero (bisection): the gaps between a layer's launches, which
+      ops timed one at a time do not show;
     - ``issue_s`` (``copy.issue_s``): the host time per copy at which that quantile of (live -
       simulated) step time of the first shape's oracle run is zero (bisection). It holds everything a
-      copy costs the host thread (dispatch, decisions, polling, events), which adding up its parts had
-      underestimated about fivefold on the H200.
+      copy costs the host thread (dispatch, decisions, polling, events).
 
     Measured steps are those after ``HOST_WARMUP_STEPS`` that ran with the host core at its fast level
     (``host_fit_steps``). A disturbance only ever adds time, and not every one shows in the probe (a
-    session-4 calibration had 21 of 30 steps 1.5x slow at fast probes), so the fit takes a low quantile
+    session-4 calibration had 21 of 30 steps 1.5x slow at fast probes), so the fits take a low quantile
     rather than the median or the mean. Returns the runs that had no fast step (fitted at the slow
     level: a warning for the profile's notes).
     """
@@ -766,33 +784,66 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
 
     runs = {(r.shape, r.kind): r for r in result.host_runs}
     steps, slow = host_fit_steps(result.host_runs)
-    result.issue_s, result.host_layer_s = 0.0, {}
-    ops_only = to_profile(result, shapes)  # the measured ops, no host costs yet
+    result.issue_s, result.host_layer_s, result.gpu_layer_s = 0.0, {}, {}
     for shape in shapes:
-        run = runs.get((shape.name, "layer"))
-        if run is None:
-            continue
-        small, trace = host_workload(shape)
-        simulated = simulate(trace, small, ops_only, *host_run_setup("layer"))
-        mask = steps[shape.name, "layer"]
-        diff = (np.asarray(run.step_latency_s) - simulated.step_latency_s)[mask]
-        result.host_layer_s[shape.name] = float(np.quantile(diff, HOST_FIT_QUANTILE)) / small.num_moe_layers
+        if (shape.name, "layer") in runs:
+            _fit_layer_costs(result, shapes, shape, runs[shape.name, "layer"], steps[shape.name, "layer"])
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
         return slow
     shape, run = copy_runs[0]
-    small, trace = host_workload(shape)
+    small, trace = host_workload(shape, run.moe_layers)
     setup = host_run_setup("copy")
     profile = to_profile(result, shapes)
     mask = steps[shape.name, "copy"]
     live = np.asarray(run.step_latency_s)[mask]
 
-    def shortfall(issue_s: float) -> float:  # rises with issue_s; zero at the fit
+    def issue_shortfall(issue_s: float) -> float:  # rises with issue_s; zero at the fit
         simulated = simulate(trace, small, profile.with_copy(issue_s=issue_s), *setup).step_latency_s[mask]
         return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
 
-    result.issue_s = fit_scalar(shortfall, 0.0, 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
+    result.issue_s = fit_scalar(issue_shortfall, 0.0, 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
     return slow
+
+
+def _fit_layer_costs(
+    result: Calibration, shapes: Sequence[ModelShape], shape: ModelShape, run: HostRun, mask: np.ndarray
+) -> None:
+    """``host_layer_s`` and ``gpu_layer_s`` of ``shape`` from its resident run (see ``fit_host_costs``)."""
+    from sim.simulation import simulate
+
+    small, trace = host_workload(shape, run.moe_layers)
+    setup = host_run_setup("layer")
+    live = np.asarray(run.step_latency_s)[mask]
+    ops_only = to_profile(result, shapes)  # the measured ops and the host costs fitted so far
+    if not run.host_busy_s:
+        simulated = simulate(trace, small, ops_only, *setup).step_latency_s[mask]
+        result.host_layer_s[shape.name] = (
+            float(np.quantile(live - simulated, HOST_FIT_QUANTILE)) / small.num_moe_layers
+        )
+        return
+    probe_s = 3 * float(np.median(run.host_probe_s)) if run.host_probe_s else 0.0
+    launches_s = launch_time_per_step_s(CostModel(small, ops_only), small, HOST_TOKENS // 2)
+    result.host_layer_s[shape.name] = max(0.0, run.host_busy_s - probe_s - launches_s) / small.num_moe_layers
+
+    def shortfall(gpu_layer_s: float) -> float:  # rises with gpu_layer_s; zero at the fit
+        result.gpu_layer_s[shape.name] = gpu_layer_s
+        simulated = simulate(trace, small, to_profile(result, shapes), *setup).step_latency_s[mask]
+        return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
+
+    result.gpu_layer_s[shape.name] = fit_scalar(shortfall, 0.0, 0.0, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS)
+
+
+def launch_time_per_step_s(costs: CostModel, shape: ModelShape, context_total: int) -> float:
+    """The host's launch time of one decode step's ops at batch 1 (``sim.costs.CostModel.launch_s``),
+    as the simulator charges them: per MoE layer norm, attention, add, norm, router, shared experts,
+    ``top_k`` experts and add; per dense layer norm, attention, add, norm, MLP and add."""
+    launch = costs.launch_s
+    norm, add, attention = launch("norm", 1, 0), launch("add", 1, 0), launch("attention", 1, context_total)
+    moe = 2 * norm + attention + 2 * add + launch("router", 1, 0) + launch("shared", 1, 0)
+    moe += shape.top_k * launch("expert", 1, 0)
+    dense = 2 * norm + attention + 2 * add + launch("dense", 1, 0)
+    return shape.num_moe_layers * moe + len(shape.dense_layers) * dense
 
 
 def host_fit_steps(runs: Sequence[HostRun]) -> tuple[dict[tuple[str, str], np.ndarray], list[str]]:
@@ -915,7 +966,7 @@ def calibrate(
             _measure_host_costs(result, shapes, dev, effort, say, gate)
         except Exception as exc:  # the op and copy measurements above stay valid without them
             result.notes = f"host costs NOT measured ({type(exc).__name__}: {exc})"
-            result.issue_s, result.host_layer_s, result.host_runs = 0.0, {}, []
+            result.issue_s, result.host_layer_s, result.gpu_layer_s, result.host_runs = 0.0, {}, {}, []
             say(f"WARNING: {result.notes}")
     result.host_probe_s, result.host_gates = gate.record()
     return result
@@ -1064,8 +1115,9 @@ def to_profile(
                 axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
                 context = t.contexts if op == "attention" else ()
                 curves.append(OpCurve(f"{op}{suffix}", shape.name, axis, values, context))
-        if shape.name in result.host_layer_s:
-            curves.append(OpCurve("host_layer", shape.name, (1,), (result.host_layer_s[shape.name],)))
+        for op, fitted in (("host_layer", result.host_layer_s), ("gpu_layer", result.gpu_layer_s)):
+            if shape.name in fitted:
+                curves.append(OpCurve(op, shape.name, (1,), (fitted[shape.name],)))
     source = (
         "cpu smoke run (NOT a GPU measurement; numbers are meaningless)"
         if smoke or result.device == "cpu"
@@ -1095,12 +1147,14 @@ def to_profile(
         "alone). "
         "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
         "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
-        "Host costs of the live executor (host-bound at batch 1): host_layer per shape = the "
-        f"{100 * HOST_FIT_QUANTILE:.0f}th percentile over steps of (live - simulated) step time per MoE "
-        "layer of a resident run of the first 4 MoE layers; copy.issue_s = the host time per copy at "
-        "which that percentile is zero for a live oracle run of the first shape into a quarter-size cache "
-        "(bisection); both over the steps whose host probe showed the fast level (a slowdown only adds "
-        "time, and not every one shows in the probe)."
+        "Costs of the live executor outside the ops, from live runs of the first MoE layers of each "
+        "shape: host_layer per shape = the host thread's busy time per step of a resident run, less its "
+        "step probe and the ops' launch times, per MoE layer; gpu_layer per shape = the GPU time per MoE "
+        f"layer at which the {100 * HOST_FIT_QUANTILE:.0f}th percentile over steps of (live - simulated) "
+        "step time of that run is zero; copy.issue_s = the host time per copy at which that percentile is "
+        "zero for a live oracle run of the first shape into a quarter-size cache (both by bisection, over "
+        "the steps whose host probe showed the fast level: a slowdown only adds time, and not every one "
+        "shows in the probe)."
         + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
@@ -1171,6 +1225,13 @@ def summary_text(result: Calibration) -> str:
         lines.append(
             f"live executor host costs: {result.issue_s * 1e6:.1f} us per copy; per layer {per_layer}"
         )
+    if result.gpu_layer_s:
+        gaps = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in result.gpu_layer_s.items())
+        lines.append(f"GPU time per MoE layer outside the ops: {gaps}")
+    for name, t in result.shapes.items():
+        if t.host_s:
+            launches = ", ".join(f"{op} {v[0] * 1e6:.1f}" for op, v in t.host_s.items() if op != "attention")
+            lines.append(f"{name}: launch times (us, 1 token): {launches}")
     if result.host_gates:
         probes = ", ".join(f"{g['phase']} {g['probe_s'] * 1e6:.0f}" for g in result.host_gates)
         lines.append(

@@ -76,6 +76,7 @@ class CostModel:
         self._curves = {op: c.curve(op, shape.name) for op in KERNELS} | {
             "predictor_cpu": c.curve("predictor_cpu", shape.name),
             "host_layer": c.curve("host_layer", shape.name),
+            "gpu_layer": c.curve("gpu_layer", shape.name),
         }
         self._gpu_curves = {op: c.curve(f"{op}_gpu", shape.name) for op in GPU_TIMED_OPS}
         self._host_curves = {op: c.curve(f"{op}_host", shape.name) for op in GPU_TIMED_OPS}
@@ -208,6 +209,12 @@ class CostModel:
         """Host time per MoE layer outside the ops (the executor's decisions, events, polling), measured
         by calibration; 0 when the profile has no such curve for this shape."""
         curve = self._curves["host_layer"]
+        return curve.at(tokens) * self.scale if curve is not None else 0.0
+
+    def gpu_layer_s(self, tokens: int) -> float:
+        """GPU time per MoE layer outside the ops (the gaps between its launches on the stream, which
+        ops timed one at a time do not show), measured by calibration; 0 without such a curve."""
+        curve = self._curves["gpu_layer"]
         return curve.at(tokens) * self.scale if curve is not None else 0.0
 
     # -- copies

@@ -21,7 +21,8 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   GPU, the host runs on and launches the next layer's ops meanwhile, up to the live executor's limit: at
   a MoE layer's start it waits until the GPU has passed the router of two MoE layers back.
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
-  its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued.
+  its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued;
+  on the GPU, ``gpu_layer`` per MoE layer before its router (the gaps between a layer's launches).
 - A copy starts no earlier than the GPU marker it is gated on and the host's issue of it: layer-start and
   layer-end copies behind the compute stream at that point, router copies behind the router, predicted
   copies behind the predictor. The controller learns which copies landed right before each router
@@ -313,7 +314,7 @@ class _Run:
             g_norm = gpu_s("norm", n_tok, 0)
             g_add = gpu_s("add", n_tok, 0)
             g_router = gpu_s("router", n_tok, 0)
-            g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router
+            g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router + costs.gpu_layer_s(n_tok)
             g_shared = gpu_s("shared", n_tok, 0)
             g_one = gpu_s("expert", 1, 0)
             dense = 2 * norm + attn + launch_s("dense", n_tok, 0) + 2 * add

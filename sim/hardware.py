@@ -38,7 +38,9 @@ measurements, presets live in ``sim/profiles/*.toml``)::
     [[compute.curves]]           # optional measured op times, one table per op and model shape
     op = "expert"                # attention, norm, router, add, expert, shared, dense,
                                  # predictor_gpu, predictor_cpu, host_layer (host time per MoE layer
-                                 # outside the ops: the executor's decisions, events and polling)
+                                 # outside the ops: the executor's decisions, events and polling),
+                                 # gpu_layer (GPU time per MoE layer outside the ops: the gaps
+                                 # between its launches), <op>_gpu and <op>_host (below)
     shape = "Qwen/Qwen3-30B-A3B" # ModelShape.name the op was measured for (curves apply to it only)
     tokens = [1, 2, 4, 8, 16]    # tokens in the call (batch x positions)
     seconds = [5e-05, 5e-05, 5e-05, 5e-05, 5.1e-05]
@@ -81,6 +83,7 @@ OPS = (
     "predictor_gpu",
     "predictor_cpu",
     "host_layer",
+    "gpu_layer",
 )
 #: ops whose GPU time alone and host launch time alone calibration measures too, as curves named
 #: ``<op>_gpu`` and ``<op>_host`` (the calls queued behind a sleeping kernel: the host launches them while

@@ -16,6 +16,7 @@ drives it::
     shape = "qwen3-30b-a3b"   # a known shape key or an HF config.json
     trace = "traces/data/qwen3-like.parquet"   # or "synthetic" (marked so in every output)
     tokens = 128              # the first N tokens of the trace
+    # passes = 1              # optional: this shape's live passes (default: the grid's)
 
 A trace of another model is retargeted onto the shape (sim.retarget: layers and experts modulo). The
 ``resident`` policy ignores the cache size: it runs once per shape and appears under every cache size.
@@ -70,11 +71,13 @@ P99_TARGET = 0.10
 
 @dataclass(frozen=True)
 class ShapeRun:
-    """One model shape and the trace that drives it (first ``tokens`` tokens)."""
+    """One model shape and the trace that drives it (first ``tokens`` tokens); ``passes`` overrides the
+    grid's live passes for this shape (a shape whose runs are long and steady may need one)."""
 
     shape: str
     trace: str
     tokens: int = 128
+    passes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,9 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
         raise InputError(path, f"not a validation grid ({type(exc).__name__}: {exc})") from None
     for name in grid.policies:
         PolicySpec.parse(name)
-    if grid.passes < 1:
-        raise InputError(path, f"passes must be >= 1, got {grid.passes}")
+    for passes in (grid.passes, *(run.passes for run in grid.shapes if run.passes is not None)):
+        if passes < 1:
+            raise InputError(path, f"passes must be >= 1, got {passes}")
     if grid.host_gate_timeout_s < 0:
         raise InputError(path, f"host_gate_timeout_s must be >= 0, got {grid.host_gate_timeout_s}")
     if not grid.shapes:
@@ -255,9 +259,10 @@ def _live_shape(
     first_spec, first_fraction = points[0]
     burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
     live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
-    for p in range(grid.passes):
+    passes = run.passes or grid.passes
+    for p in range(passes):
         for spec, fraction in points if p % 2 == 0 else points[::-1]:
-            say(f"{shape.name}: pass {p + 1}/{grid.passes}: live {spec.label()} at {fraction:g} of experts")
+            say(f"{shape.name}: pass {p + 1}/{passes}: live {spec.label()} at {fraction:g} of experts")
             decode = functools.partial(
                 live.run_live, model, trace, hardware, grid.cache(fraction), spec, options, live_options
             )

@@ -240,15 +240,17 @@ def test_the_cpu_stopwatch_drops_bursts_the_host_ran_slow(monkeypatch) -> None:
 
 def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
     """Slowdowns only add time, and some do not show in the probe: the fit takes a low quantile, so
-    making most of a run's steps slower (probes unchanged) leaves the per-layer host time alone."""
+    making most of a run's steps slower (probes unchanged) leaves the per-layer host time alone (a run
+    kept without its host busy time, whose host time per layer is what the step lacks)."""
     from sim.simulation import simulate
 
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
-    result.issue_s, result.host_layer_s = 0.0, {}
-    small, trace = cal.host_workload(TINY)
+    result.issue_s, result.host_layer_s, result.gpu_layer_s = 0.0, {}, {}
+    layer_run = next(r for r in result.host_runs if r.kind == "layer")
+    layer_run.host_busy_s = 0.0
+    small, trace = cal.host_workload(TINY, layer_run.moe_layers)
     ops_only = simulate(trace, small, cal.to_profile(result, [TINY]), *cal.host_run_setup("layer"))
     host_s = 1e-3  # a step's host time beyond its ops
-    layer_run = next(r for r in result.host_runs if r.kind == "layer")
     layer_run.step_latency_s = [t + host_s for t in ops_only.step_latency_s]
     layer_run.host_probe_s = [1e-5] * len(layer_run.step_latency_s)
     cal.fit_host_costs(result, [TINY])
@@ -257,3 +259,35 @@ def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
     layer_run.step_latency_s = [t * (1.5 if i % 5 < 3 else 1.0) for i, t in enumerate(steps)]
     cal.fit_host_costs(result, [TINY])  # 60% of the steps half as slow again, at fast probes
     assert result.host_layer_s[TINY.name] == pytest.approx(host_s / small.num_moe_layers)
+
+
+def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_told_apart() -> None:
+    """A graphed executor launches in microseconds what the GPU runs for tens: its step time is the
+    GPU's, so the host's own time per layer comes from its measured busy time (less the probe and the
+    launches), and the GPU's gaps between launches from what the simulated steps still lack."""
+    from sim.costs import CostModel
+    from sim.hardware import GPU_TIMED_OPS
+    from sim.simulation import simulate
+
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    timings = result.shapes[TINY.name]
+    for op in GPU_TIMED_OPS:
+        axis = timings.tokens if op in ("expert", "shared", "dense") else timings.batches
+        timings.gpu_s[op] = [1e-4] * len(axis)  # every op runs 100 us on the GPU ...
+        timings.host_s[op] = [1e-6] * len(axis)  # ... and launches in 1 us
+    timings.gpu_s["attention"] = [[1e-4] * len(timings.contexts) for _ in timings.batches]
+    timings.host_s["attention"] = [[1e-6] * len(timings.contexts) for _ in timings.batches]
+    layer_run = next(r for r in result.host_runs if r.kind == "layer")
+    small, trace = cal.host_workload(TINY, layer_run.moe_layers)
+    result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-4}, {TINY.name: 5e-5}
+    truth = cal.to_profile(result, [TINY])
+    layer_run.step_latency_s = list(
+        simulate(trace, small, truth, *cal.host_run_setup("layer")).step_latency_s
+    )
+    layer_run.host_probe_s = [1e-5] * len(layer_run.step_latency_s)
+    launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
+    layer_run.host_busy_s = 3e-5 + launches + small.num_moe_layers * 2e-4
+    cal.fit_host_costs(result, [TINY])
+    assert result.host_layer_s[TINY.name] == pytest.approx(2e-4)
+    assert result.gpu_layer_s[TINY.name] == pytest.approx(5e-5, rel=1e-3)
+    assert cal.to_profile(result, [TINY]).compute.curve("gpu_layer", TINY.name) is not None

@@ -163,13 +163,19 @@ def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [("passes = 0", "passes must be >= 1"), ("host_gate_timeout_s = -1", "host_gate_timeout_s must be >= 0")],
+    [
+        ("passes = 0", "passes must be >= 1"),
+        ("host_gate_timeout_s = -1", "host_gate_timeout_s must be >= 0"),
+        ("shape_passes = 0", "passes must be >= 1"),
+    ],
 )
 def test_a_grid_setting_out_of_range_is_refused_with_the_file_named(tmp_path, setting, message) -> None:
     path = tmp_path / "grid.toml"
+    shape_setting = ", passes = 0" if setting.startswith("shape_") else ""
+    grid_setting = "" if shape_setting else setting
     path.write_text(
-        f'[validate]\nhardware = "h200"\n{setting}\n'
-        'shapes = [{shape = "x", trace = "synthetic", tokens = 4}]\n'
+        f'[validate]\nhardware = "h200"\n{grid_setting}\n'
+        f'shapes = [{{shape = "x", trace = "synthetic", tokens = 4{shape_setting}}}]\n'
     )
     with pytest.raises(InputError, match=rf"grid\.toml: {message}"):
         v.load_grid(path)
@@ -231,6 +237,15 @@ def test_the_live_grid_runs_every_point_in_alternating_passes_on_the_cpu(tmp_pat
     # every token carries its step's host probe, so the fast-step error is defined
     assert all(r.host_probe_s.shape == r.token_latency_s.shape and (r.host_probe_s > 0).all() for r in live)
     assert all(0 <= r["fast_step_share"] <= 1 for r in rows) and max(r["fast_step_share"] for r in rows) > 0
+
+
+def test_a_shape_may_run_fewer_passes_than_the_grid(tmp_path) -> None:
+    grid = _tiny_grid(tmp_path)
+    grid = dataclasses.replace(grid, shapes=(dataclasses.replace(grid.shapes[0], passes=1),))
+    from sim.live import LiveOptions
+
+    live = v.run_live_grid(grid, load_profile("h200"), LiveOptions(device="cpu", warmup_steps=1))
+    assert [r.counters[v.PASS_COUNTER] for r in live] == [0, 0, 0]
 
 
 def test_policies_the_simulator_ties_are_no_ranking_disagreement(results) -> None:
