@@ -349,7 +349,10 @@ class Stopwatch:
         is launched while a sleeping kernel holds the stream (sized to three times the burst's warm-up
         launches), so the host's interval is its launch time alone and the GPU's, between events, its
         time alone, back to back. A burst whose launches outlasted the sleep is left out, and so are the
-        host intervals of bursts probed at the host's slow level (as in ``per_call_all``)."""
+        host intervals of bursts probed at the host's slow level (as in ``per_call_all``). The GPU is
+        drained before each burst: bursts queued behind earlier ones filled the launch queue on the H200,
+        and a launch into a full queue waits (session 5: a residual add timed 65-74 us to launch at batch
+        1, 8 us at batch 2)."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
         burst = self._bursts(fns, inner)
@@ -357,14 +360,11 @@ class Stopwatch:
         gpu: list[list[float]] = [[] for _ in fns]
         host: list[list[float]] = [[] for _ in fns]
         probes: list[list[float]] = [[] for _ in fns]
-        marks = []
+        event = self.torch.cuda.Event
         for _ in range(reps):
             for k in range(len(fns)):
                 probe = step_probe_s()
-                start, end = (
-                    self.torch.cuda.Event(enable_timing=True),
-                    self.torch.cuda.Event(enable_timing=True),
-                )
+                start, end = event(enable_timing=True), event(enable_timing=True)
                 sleep_s = 3 * inner * self._launch_s[k] + 100e-6
                 self.torch.cuda._sleep(int(sleep_s * cycles_per_s))
                 t0 = time.perf_counter()
@@ -372,13 +372,11 @@ class Stopwatch:
                 burst(k)
                 end.record()
                 launched = time.perf_counter() - t0
+                self.sync()  # drained: the next burst starts with an empty launch queue
                 if launched < sleep_s:
-                    marks.append((k, start, end))
+                    gpu[k].append(start.elapsed_time(end) / 1e3 / inner)
                     host[k].append(launched / inner)
                     probes[k].append(probe)
-        self.sync()
-        for k, start, end in marks:
-            gpu[k].append(start.elapsed_time(end) / 1e3 / inner)
         if any(not x for x in gpu):
             raise RuntimeError("every queued burst of a call outlasted its sleep")
         return [median(x) for x in gpu], [median(x) for x in fast_samples(host, probes)]
