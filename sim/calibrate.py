@@ -685,9 +685,7 @@ ISSUE_FIT_POLICY = "oracle"
 #: bounds of the fitted host time per copy (seconds) and the bisection's steps
 ISSUE_FIT_MAX_S = 1e-3
 ISSUE_FIT_STEPS = 30
-#: bounds of the fitted GPU time per MoE layer outside the ops (seconds): launch gaps add time; ops run
-#: back to back in a layer may also take less than each timed alone (negative)
-GPU_LAYER_FIT_MIN_S = -100e-6
+#: bound of the fitted GPU time per MoE layer outside the ops (seconds)
 GPU_LAYER_FIT_MAX_S = 1e-3
 
 
@@ -768,9 +766,8 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
       ``HOST_FIT_QUANTILE`` quantile over measured steps of (live - simulated) step time, per MoE layer
       (right only for a host-bound executor);
     - ``gpu_layer_s[shape]`` (runs with busy time only): the GPU time per MoE layer at which that
-      quantile of (live - simulated) is zero (bisection): what a layer's ops take in sequence beyond
-      their times alone, gaps between launches adding to it and ops run back to back possibly taking
-      less than alone (on the H200 Qwen3's layer ran 48 us shorter than its ops timed alone);
+      quantile of (live - simulated) is zero (bisection): the gaps between a layer's launches, which
+      ops timed one at a time do not show;
     - ``issue_s`` (``copy.issue_s``): the host time per copy at which that quantile of (live -
       simulated) step time of the first shape's oracle run is zero (bisection). It holds everything a
       copy costs the host thread (dispatch, decisions, polling, events).
@@ -832,9 +829,7 @@ def _fit_layer_costs(
         simulated = simulate(trace, small, to_profile(result, shapes), *setup).step_latency_s[mask]
         return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
 
-    result.gpu_layer_s[shape.name] = fit_scalar(
-        shortfall, 0.0, GPU_LAYER_FIT_MIN_S, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS
-    )
+    result.gpu_layer_s[shape.name] = fit_scalar(shortfall, 0.0, 0.0, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS)
 
 
 def launch_time_per_step_s(costs: CostModel, shape: ModelShape, context_total: int) -> float:

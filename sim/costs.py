@@ -212,9 +212,8 @@ class CostModel:
         return curve.at(tokens) * self.scale if curve is not None else 0.0
 
     def gpu_layer_s(self, tokens: int) -> float:
-        """GPU time per MoE layer beyond its ops timed one at a time (gaps between its launches add to
-        it, ops run back to back may take less than alone: it can be negative), measured by
-        calibration; 0 without such a curve."""
+        """GPU time per MoE layer outside the ops (the gaps between its launches on the stream, which
+        ops timed one at a time do not show), measured by calibration; 0 without such a curve."""
         curve = self._curves["gpu_layer"]
         return curve.at(tokens) * self.scale if curve is not None else 0.0
 

@@ -22,8 +22,7 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   a MoE layer's start it waits until the GPU has passed the router of two MoE layers back.
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
   its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued;
-  on the GPU, ``gpu_layer`` per MoE layer before its router (what a layer's ops take in sequence beyond
-  their times alone).
+  on the GPU, ``gpu_layer`` per MoE layer before its router (the gaps between a layer's launches).
 - A copy starts no earlier than the GPU marker it is gated on and the host's issue of it: layer-start and
   layer-end copies behind the compute stream at that point, router copies behind the router, predicted
   copies behind the predictor. The controller learns which copies landed right before each router

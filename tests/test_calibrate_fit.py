@@ -261,14 +261,10 @@ def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
     assert result.host_layer_s[TINY.name] == pytest.approx(host_s / small.num_moe_layers)
 
 
-@pytest.mark.parametrize("gpu_layer_s", [5e-5, -3e-5])
-def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_told_apart(
-    gpu_layer_s: float,
-) -> None:
+def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_told_apart() -> None:
     """A graphed executor launches in microseconds what the GPU runs for tens: its step time is the
     GPU's, so the host's own time per layer comes from its measured busy time (less the probe and the
-    launches), and the GPU's time per layer beyond the ops timed alone (launch gaps add to it; ops run
-    back to back may also take less than alone) from what the simulated steps still lack or exceed."""
+    launches), and the GPU's gaps between launches from what the simulated steps still lack."""
     from sim.costs import CostModel
     from sim.hardware import GPU_TIMED_OPS
     from sim.simulation import simulate
@@ -283,7 +279,7 @@ def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_t
     timings.host_s["attention"] = [[1e-6] * len(timings.contexts) for _ in timings.batches]
     layer_run = next(r for r in result.host_runs if r.kind == "layer")
     small, trace = cal.host_workload(TINY, layer_run.moe_layers)
-    result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-4}, {TINY.name: gpu_layer_s}
+    result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-4}, {TINY.name: 5e-5}
     truth = cal.to_profile(result, [TINY])
     layer_run.step_latency_s = list(
         simulate(trace, small, truth, *cal.host_run_setup("layer")).step_latency_s
@@ -293,5 +289,5 @@ def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_t
     layer_run.host_busy_s = 3e-5 + launches + small.num_moe_layers * 2e-4
     cal.fit_host_costs(result, [TINY])
     assert result.host_layer_s[TINY.name] == pytest.approx(2e-4)
-    assert result.gpu_layer_s[TINY.name] == pytest.approx(gpu_layer_s, rel=1e-3)
+    assert result.gpu_layer_s[TINY.name] == pytest.approx(5e-5, rel=1e-3)
     assert cal.to_profile(result, [TINY]).compute.curve("gpu_layer", TINY.name) is not None
