@@ -9,12 +9,13 @@
 # HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
-# The live executor is host-bound at batch 1, so it runs at the speed of the CPU it is on; the H200 VM's
-# vCPUs differed by 40% and an unpinned process wandered between them. Calibration and validation are
-# therefore pinned to the same fastest pair of CPUs (CPUS overrides: a taskset list, or "none"). Even a
-# pinned vCPU switched between two speeds 2x apart for seconds at a time, so calibration waits for the
-# fast level before each host-bound measurement (HOST_GATE_S, default 30 s per wait; 0: never) and a grid
-# with host_gate_timeout_s does the same before each live run (sim/host_speed.py).
+# The live executor replays its ops from CUDA graphs (since session 5), but its host still decides and
+# issues every copy, and calibration times host launches: the H200 VM's vCPUs differed by 40% and an
+# unpinned process wandered between them, so calibration and validation are pinned to the same fastest
+# pair of CPUs (CPUS overrides: a taskset list, or "none"). Even a pinned vCPU switched between two speeds
+# 2x apart for seconds at a time, so calibration waits for the fast level before each host-dependent
+# measurement (HOST_GATE_S, default 30 s per wait; 0: never) and a grid with host_gate_timeout_s does the
+# same before each live run (sim/host_speed.py).
 # Leaves 4 files in $OUT: h200.toml, calibration.json, log.txt and validation/live.parquet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
