@@ -16,7 +16,10 @@
 # 2x apart for seconds at a time, so calibration waits for the fast level before each host-dependent
 # measurement (HOST_GATE_S, default 30 s per wait; 0: never) and a grid with host_gate_timeout_s does the
 # same before each live run (sim/host_speed.py).
-# Leaves 4 files in $OUT: h200.toml, calibration.json, log.txt and validation/live.parquet.
+# The GPU's clocks, power and utilisation are sampled every 200 ms throughout (the validate log's lines
+# carry times to line them up with the runs: session 5 saw ops run 25% faster on a busy GPU than on one
+# waiting for copies).
+# Leaves 5 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-reports/validation/grid.toml}
@@ -32,6 +35,12 @@ else
 fi
 SHAPES=${SHAPES:-$(python3 -c "import sys; from sim.validate import load_grid
 print(' '.join(run.shape for run in load_grid(sys.argv[1]).shapes))" "$GRID")}
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu,temperature.gpu \
+        --format=csv -lms 200 >"$OUT/gpu_clocks.csv" &
+    sampler=$!
+    trap 'kill "$sampler" 2>/dev/null || true' EXIT
+fi
 CPUS=${CPUS:-$(python3 benchmarks/bench_host_stability.py --fastest 2)}
 PIN=()
 [ "$CPUS" = none ] || PIN=(taskset -c "$CPUS")

@@ -71,8 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     live_path = out / "live.parquet"
 
-    def say(message: str) -> None:
-        print(f"validate: {message}", file=sys.stderr, flush=True)
+    def say(message: str) -> None:  # time-stamped: a GPU clock log (gpu_validate.sh) lines up with the runs
+        print(f"validate {datetime.datetime.now():%H:%M:%S}: {message}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
     if args.resimulate:
