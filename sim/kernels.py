@@ -219,12 +219,22 @@ class GraphPool:
             finally:
                 graph.capture_end()
         current.wait_stream(self.stream)
+        return _Replay(graph, fn)
 
-        def replay(keep: Callable[[], Any] = fn) -> None:
-            # the graph holds the addresses of fn's tensors: keeping fn keeps them from being freed
-            graph.replay()
 
-        return replay
+class _Replay:
+    """A captured graph with the call it was captured from. The graph holds the addresses of the call's
+    tensors, so the call (which references them) must live as long as the graph: dropped, its tensors
+    were freed and reused while the graph still read them (an ``index_copy_`` assert on the H200)."""
+
+    __slots__ = ("call", "graph")
+
+    def __init__(self, graph: Any, call: Callable[[], Any]) -> None:
+        self.graph = graph
+        self.call = call
+
+    def __call__(self) -> None:
+        self.graph.replay()
 
 
 class GraphedCall:
