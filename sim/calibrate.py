@@ -320,7 +320,7 @@ class Stopwatch:
         phase too."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
-        burst = self._bursts(fns, inner)
+        burst, _ = self._bursts(fns, inner)
         samples: list[list[float]] = [[] for _ in fns]
         probes: list[list[float]] = [[] for _ in fns]
         marks = []
@@ -358,7 +358,7 @@ class Stopwatch:
         1, 8 us at batch 2)."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
-        burst = self._bursts(fns, inner)
+        burst, launch_s = self._bursts(fns, inner)
         cycles_per_s = self._sleep_cycles_per_s()
         gpu: list[list[float]] = [[] for _ in fns]
         host: list[list[float]] = [[] for _ in fns]
@@ -368,7 +368,7 @@ class Stopwatch:
             for k in range(len(fns)):
                 probe = step_probe_s()
                 start, end = event(enable_timing=True), event(enable_timing=True)
-                sleep_s = 3 * inner * self._launch_s[k] + 100e-6
+                sleep_s = 3 * inner * launch_s[k] + 100e-6
                 self.torch.cuda._sleep(int(sleep_s * cycles_per_s))
                 t0 = time.perf_counter()
                 start.record()
@@ -384,16 +384,18 @@ class Stopwatch:
             raise RuntimeError("every queued burst of a call outlasted its sleep")
         return [median(x) for x in gpu], [median(x) for x in fast_samples(host, probes)]
 
-    def _bursts(self, fns: Sequence[Callable[[int], Any]], inner: int) -> Callable[[int], None]:
-        """Warm each callable up (timing its launches into ``_launch_s``), then return ``burst(k)``:
-        ``inner`` calls of ``fns[k]`` back to back (``i`` counts on, for rotating operands)."""
+    def _bursts(
+        self, fns: Sequence[Callable[[int], Any]], inner: int
+    ) -> tuple[Callable[[int], None], list[float]]:
+        """Warm each callable up, then return ``burst(k)`` (``inner`` calls of ``fns[k]`` back to back,
+        ``i`` counting on for rotating operands) and each callable's warm-up time per call."""
         calls = [0] * len(fns)
-        self._launch_s = [0.0] * len(fns)
+        launch_s = [0.0] * len(fns)
         for k, fn in enumerate(fns):
             t0 = time.perf_counter()
             for i in range(self.effort.warmup):
                 fn(i)
-            self._launch_s[k] = (time.perf_counter() - t0) / max(1, self.effort.warmup)
+            launch_s[k] = (time.perf_counter() - t0) / max(1, self.effort.warmup)
             calls[k] = self.effort.warmup
         self.sync()
 
@@ -403,7 +405,7 @@ class Stopwatch:
                 fn(i)
             calls[k] = c + inner
 
-        return burst
+        return burst, launch_s
 
     def _sleep_cycles_per_s(self) -> float:
         """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel), timed once."""
