@@ -277,6 +277,7 @@ class _Run:
         # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
         gpu_s = costs.gpu_s
+        launch_s = costs.launch_s
         issue_s = costs.issue_s
         timeout = env.timeout
         events = 0
@@ -303,7 +304,6 @@ class _Run:
             n_tok = step.num_tokens
             ctx = step.context_total
             # launch times (the host's) and GPU times of this step's ops
-            launch_s = costs.launch_s
             norm = launch_s("norm", n_tok, 0)
             add = launch_s("add", n_tok, 0)
             attn = launch_s("attention", n_tok, ctx)
