@@ -1141,23 +1141,31 @@ def to_profile(
             if serial
             else f"Copy engines: {result.copy_engines or 'not readable, assumed'}. "
         )
-        + "Op curves: per-call medians of sim.kernels (the live executor's own code, every multi-kernel "
-        "op and the predictor MLP replayed from a CUDA graph as the live executor runs them) called back "
-        "to back, all points in interleaved rounds, weights rotated over more than the L2 cache; launch "
-        "overhead: one "
-        "trivial eager kernel back to back; <op>_gpu and <op>_host curves: the same calls launched while a "
-        "sleeping kernel held the GPU (the GPU's time alone, back to back, and the host's launch time "
-        "alone). "
-        "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write bytes; "
-        "cpu_gflops: the predictor MLP on the CPU at its largest batch. "
+        + "Op curves: per-call medians of sim.kernels (the live executor's own code, run as the executor "
+        "ran it when calibrated: eagerly before session 5, each multi-kernel op replayed from a CUDA graph "
+        "since) called back to back, all points in interleaved rounds, weights rotated over more than the L2 "
+        "cache; launch overhead: one trivial eager kernel back to back; "
+        + (
+            "<op>_gpu and <op>_host curves: the same calls launched while a sleeping kernel held the GPU "
+            "(the GPU's time alone, back to back, and the host's launch time alone). "
+            if any(t.host_s for t in result.shapes.values())
+            else "<op>_gpu curves: the same calls queued behind a sleeping kernel (the GPU's time alone). "
+        )
+        + "peak_tflops: bf16 square matmul of random data; hbm_gbps: device-to-device copy, read+write "
+        "bytes; cpu_gflops: the predictor MLP on the CPU at its largest batch. "
         "Costs of the live executor outside the ops, from live runs of the first MoE layers of each "
-        "shape: host_layer per shape = the host thread's busy time per step of a resident run, less its "
-        "step probe and the ops' launch times, per MoE layer; gpu_layer per shape = the GPU time per MoE "
-        f"layer at which the {100 * HOST_FIT_QUANTILE:.0f}th percentile over steps of (live - simulated) "
-        "step time of that run is zero; copy.issue_s = the host time per copy at which that percentile is "
-        "zero for a live oracle run of the first shape into a quarter-size cache (both by bisection, over "
-        "the steps whose host probe showed the fast level: a slowdown only adds time, and not every one "
-        "shows in the probe)."
+        + (
+            "shape: host_layer per shape = the host thread's busy time per step of a resident run, less "
+            "its step probe and the ops' launch times, per MoE layer; gpu_layer per shape = the GPU time per "
+            f"MoE layer at which the {100 * HOST_FIT_QUANTILE:.0f}th percentile over steps of (live - "
+            "simulated) step time of that run is zero; "
+            if any(r.host_busy_s for r in result.host_runs)
+            else f"shape: host_layer per shape = the {100 * HOST_FIT_QUANTILE:.0f}th percentile over steps "
+            "of (live - simulated) step time of a resident run, per MoE layer; "
+        )
+        + "copy.issue_s = the host time per copy at which that percentile is zero for a live oracle run of "
+        "the first shape into a quarter-size cache (by bisection; all over the steps whose host probe "
+        "showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
         + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
