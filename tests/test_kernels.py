@@ -4,29 +4,17 @@ CPU and for partial batches."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from sim import kernels  # noqa: E402
 from sim.live import _Op  # noqa: E402
-from traces.schema import ModelShape  # noqa: E402
+from sim.testing import tiny_shape  # noqa: E402
 
-SHAPE = ModelShape(
-    name="tiny-gqa",
-    architecture="qwen3_moe",
-    num_layers=1,
-    moe_layers=(0,),
-    num_experts=4,
-    top_k=2,
-    hidden_size=32,
-    expert_intermediate_size=16,
-    bytes_per_expert=3 * 32 * 16 * 4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    dtype="float32",
-)
+SHAPE = dataclasses.replace(tiny_shape(num_moe_layers=1), dtype="float32")  # grouped-query: 4 heads, 2 kv
 CPU = torch.device("cpu")
 
 

@@ -14,26 +14,15 @@ from sim.hardware import load_profile
 from sim.policies import PolicySpec
 from sim.results import write_results
 from sim.simulation import simulate
-from traces.schema import ModelShape
-from traces.synthetic import SyntheticSpec, generate_trace
+from sim.testing import tiny_shape, tiny_trace
 
 STATS = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "timeline_stats.py"))
-SHAPE = ModelShape(
-    name="tiny-timeline",
-    architecture="qwen3_moe",
-    num_layers=2,
-    moe_layers=(0, 1),
-    num_experts=8,
-    top_k=2,
-    hidden_size=64,
-    expert_intermediate_size=32,
-    bytes_per_expert=3 * 64 * 32 * 2,
-)
+SHAPE = tiny_shape(num_moe_layers=2, name="tiny-timeline")
 
 
 @pytest.fixture(scope="module")
 def result():
-    trace = generate_trace(SyntheticSpec(SHAPE, num_sequences=1, tokens_per_sequence=6, seed=1))
+    trace = tiny_trace(SHAPE, num_sequences=1, tokens_per_sequence=6)
     options = SimOptions(timeline_steps=2)
     return simulate(
         trace, SHAPE, load_profile("h200"), CacheConfig(fraction=0.25), PolicySpec("on-demand"), options
