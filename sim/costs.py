@@ -11,6 +11,10 @@ times, because one host thread launches the ops that the GPU then runs:
   a sleeping kernel, so its launches are hidden), else ``flops / peak + bytes / bandwidth``; never more
   than the op time. The engine (sim.engine) lets the host run ahead of the GPU, as the live executor
   does, so this is the time the GPU still needs for an op launched before its input copy landed;
+- its *GPU time beside copies* (``gpu_copying_s``): the profile's ``<op>_copying`` curve, the GPU time
+  while host-to-device copies are in flight (they slow the GPU's own work: DMA writes share its memory
+  system), else the GPU time; the engine weighs the two by the share of the op's time with a copy in
+  flight;
 - its *launch time* (``launch_s``): what launching it costs the host thread, the profile's ``<op>_host``
   curve (the same queued calls, timed on the host), else the op time. An executor that replays ops from
   CUDA graphs launches in microseconds what runs for tens: there the op time is the GPU's, and the host
@@ -80,6 +84,9 @@ class CostModel:
         }
         self._gpu_curves = {op: c.curve(f"{op}_gpu", shape.name) for op in GPU_TIMED_OPS}
         self._host_curves = {op: c.curve(f"{op}_host", shape.name) for op in GPU_TIMED_OPS}
+        self._copying_curves = {op: c.curve(f"{op}_copying", shape.name) for op in GPU_TIMED_OPS}
+        #: whether copies in flight slow any op (the engine only tracks the link's busy periods if so)
+        self.slowed_by_copies = any(curve is not None for curve in self._copying_curves.values())
         #: host time to issue one copy (delays the compute stream of a host-bound executor)
         self.issue_s = hardware.copy.issue_s
         # bind memoised versions per instance
@@ -92,6 +99,7 @@ class CostModel:
         self.predictor_s = lru_cache(maxsize=None)(self._predictor_s)
         self.attention_s = lru_cache(maxsize=4096)(self._attention_s)
         self.gpu_s = lru_cache(maxsize=4096)(self._gpu_s)
+        self.gpu_copying_s = lru_cache(maxsize=4096)(self._gpu_copying_s)
         self.launch_s = lru_cache(maxsize=4096)(self._launch_s)
 
     # -- roofline
@@ -174,6 +182,15 @@ class CostModel:
         else:
             seconds = _curve_at(curve, tokens, context_total)
         return min(seconds * self.scale, self._op(op, tokens, context_total))
+
+    def _gpu_copying_s(self, op: str, tokens: int, context_total: int = 0) -> float:
+        """GPU time of one call of ``op`` while copies are in flight: its measured ``<op>_copying`` curve
+        (never less than its GPU time), else its GPU time."""
+        alone = self.gpu_s(op, tokens, context_total)
+        curve = self._copying_curves.get(op)
+        if curve is None or alone == 0.0:
+            return alone
+        return max(alone, _curve_at(curve, tokens, context_total) * self.scale)
 
     def _launch_s(self, op: str, tokens: int, context_total: int = 0) -> float:
         """Host time to launch one call of ``op`` (an op of ``GPU_TIMED_OPS``): its measured launch time,

@@ -20,9 +20,16 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   1); when the launches are short (ops replayed from CUDA graphs) it is the GPU's; when copies stall the
   GPU, the host runs on and launches the next layer's ops meanwhile, up to the live executor's limit: at
   a MoE layer's start it waits until the GPU has passed the router of two MoE layers back.
+- Copies in flight slow the GPU's own work (session 5 on the H200: a routed expert 20.8 us alone, 26.4 us
+  beside a copy). Where the profile measured it (``<op>_copying`` curves), an op's GPU time is its time
+  alone stretched towards its time beside copies by the share of it that a copy was in flight.
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
-  its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy issued;
-  on the GPU, ``gpu_layer`` per MoE layer before its router (the gaps between a layer's launches).
+  its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy that
+  takes a copy engine; on the GPU, ``gpu_layer`` per MoE layer before its router (the gaps between a
+  layer's launches). The live executor commits a copy to a copy stream only when one is free: at the
+  submission that queues it, or while it polls. So the host pays for the copies that took an engine
+  at each submission, and, for those that took one while it worked on, when it next waits (for the
+  GPU at a layer's start or a step's end), where the cost hides in the wait it would spin through.
 - A copy starts no earlier than the GPU marker it is gated on and the host's issue of it: layer-start and
   layer-end copies behind the compute stream at that point, router copies behind the router, predicted
   copies behind the predictor. The controller learns which copies landed right before each router
@@ -177,6 +184,7 @@ class _Run:
         self.t_compute = 0.0  # end of the last step on the GPU
         self.step_latency: list[float] = []
         self.stall = [0.0] * controller.num_layers
+        self.paid = 0  # copies the host has paid issue_s for (link.started counts those that started)
         self.events = 0
         self.timeline: _Timeline
         moe = set(shape.moe_layers)
@@ -203,6 +211,28 @@ class _Run:
                 kind = "demand" if t.demand else ("prefetch" if t.priority else "late prefetch")
                 self.timeline.add(f"copy{t.engine}", kind, t.start_s, t.end_s, t.layer, t.expert)
 
+    def paid_starts(self, h: float) -> float:
+        """Host time ``h`` after the host issued the copies that took an engine since it last did."""
+        started = self.link.started
+        if started == self.paid:
+            return h
+        h += (started - self.paid) * self.costs.issue_s
+        self.paid = started
+        return h
+
+    def waited(self, h: float, until: float) -> float:
+        """Host time after waiting from ``h`` until ``until`` (later), polling the copies meanwhile:
+        those that took an engine by then are issued within the wait, or after it if they cost more."""
+        self.link.advance(until)
+        return max(until, self.paid_starts(h))
+
+    def beside_copies(self, start: float, alone: float, copying: float) -> float:
+        """GPU time of an op starting at ``start``: ``alone``, stretched towards ``copying`` (its time
+        beside copies) by the share of it with a copy in flight."""
+        if copying == alone:
+            return alone
+        return alone + (copying - alone) * self.link.copying_share(start, start + alone)
+
     def _moe_experts(
         self,
         decision: RouterDecision[Transfer],
@@ -212,19 +242,23 @@ class _Run:
         n_tok: int,
         c_one: float,
         g_one: float,
+        copying_one: float,
     ) -> tuple[float, float]:
-        """The routed experts of one MoE block in general (copies to wait for, several tokens, a timeline):
-        hits first, then the others in landing order; each launched by the host (op time) and run by the
-        GPU once launched and its copy landed (GPU time). Returns the GPU's and the host's times after them
-        and adds the block's wait for copies to the layer's stall."""
+        """The routed experts of one MoE block in general (copies to wait for, several tokens, copies in
+        flight that slow the GPU, a timeline): hits first, then the others in landing order; each
+        launched by the host (op time) and run by the GPU once launched and its copy landed (GPU time).
+        Returns the GPU's and the host's times after them and adds the block's wait for copies to the
+        layer's stall."""
         costs, link, timeline = self.costs, self.link, self.timeline
         status = decision.status
         if n_tok == 1:
             cs = [c_one] * len(status)
             gs = [g_one] * len(status)
+            copying = [copying_one] * len(status)
         else:
             cs = [costs.launch_s("expert", x, 0) for x in decision.tokens]
             gs = [costs.gpu_s("expert", x, 0) for x in decision.tokens]
+            copying = [costs.gpu_copying_s("expert", x, 0) for x in decision.tokens]
         waiting: list[tuple[float, int]] = []
         if decision.late or decision.demands:
             late_iter, demand_iter = iter(decision.late), iter(decision.demands)
@@ -237,24 +271,27 @@ class _Run:
             waiting.sort()
         for i, st in enumerate(status):
             if st == HIT:
-                t += gs[i]
+                g_i = self.beside_copies(t, gs[i], copying[i])
+                t += g_i
                 h += cs[i]
                 if h > t:
                     t = h
                 if timeline.on:
-                    timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
+                    timeline.add("compute", "expert", t - g_i, t, j, decision.experts[i])
         layer_stall = 0.0
         for landed, i in waiting:
             h += cs[i]
-            ready = t + gs[i]  # without the copy
+            start = max(t, landed)
+            g_i = self.beside_copies(start, gs[i], copying[i])
+            ready = t + g_i  # without the wait for the copy
             if h > ready:
                 ready = h
-            t = max(t, landed) + gs[i]
+            t = start + g_i
             if h > t:
                 t = h
             layer_stall += t - ready
             if timeline.on:
-                timeline.add("compute", "expert", t - gs[i], t, j, decision.experts[i])
+                timeline.add("compute", "expert", t - g_i, t, j, decision.experts[i])
         if layer_stall > 0.0:
             self.stall[j] += layer_stall
         return t, h
@@ -277,8 +314,11 @@ class _Run:
         # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
         gpu_s = costs.gpu_s
+        copying_s = costs.gpu_copying_s
+        beside = self.beside_copies
+        slowed = costs.slowed_by_copies
         launch_s = costs.launch_s
-        issue_s = costs.issue_s
+        paid_starts = self.paid_starts
         timeout = env.timeout
         events = 0
         h = 0.0  # host: the time its next action starts
@@ -293,12 +333,12 @@ class _Run:
                 timeline.on = recording = False
             step_start = boundary
             if boundary > h:  # the next token needs the previous one
-                h = boundary
+                h = self.waited(h, boundary)
             g = boundary
             issued = controller.begin_step(s)
             if issued:
                 link.submit_all(issued, h)
-                h += len(issued) * issue_s
+                h = paid_starts(h)
             step = controller.step
             assert step is not None
             n_tok = step.num_tokens
@@ -319,10 +359,26 @@ class _Run:
             g_one = gpu_s("expert", 1, 0)
             dense = 2 * norm + attn + launch_s("dense", n_tok, 0) + 2 * add
             g_dense = 2 * g_norm + gpu_s("attention", n_tok, ctx) + gpu_s("dense", n_tok, 0) + 2 * g_add
+            # the same GPU times beside copies in flight (equal to those alone without such curves)
+            gc_norm = copying_s("norm", n_tok, 0)
+            gc_add = copying_s("add", n_tok, 0)
+            gc_pre = (
+                copying_s("attention", n_tok, ctx)
+                + gc_add
+                + gc_norm
+                + copying_s("router", n_tok, 0)
+                + costs.gpu_layer_s(n_tok)
+            )
+            gc_shared = copying_s("shared", n_tok, 0)
+            gc_one = copying_s("expert", 1, 0)
+            gc_dense = (
+                2 * gc_norm + copying_s("attention", n_tok, ctx) + copying_s("dense", n_tok, 0) + 2 * gc_add
+            )
             j = 0
             for is_moe in self.layer_plan:
                 if not is_moe:
-                    t = max(g, h) + g_dense
+                    t = max(g, h)
+                    t += beside(t, g_dense, gc_dense) if slowed else g_dense
                     h += dense
                     if h > t:
                         t = h
@@ -330,10 +386,11 @@ class _Run:
                     g = t
                     continue
                 if r_back2 > h:  # at most one MoE layer ahead of the GPU
-                    h = r_back2
+                    h = self.waited(h, r_back2)
                 # layer start: the input norm is launched; on the GPU the pre-attention predictor starts
-                # (an empty batch is neither submitted nor charged: adding 0 * issue_s changes no float)
-                g_ls = max(g, h) + g_norm
+                # (an empty batch is neither submitted nor charged)
+                g_ls = max(g, h)
+                g_ls += beside(g_ls, g_norm, gc_norm) if slowed else g_norm
                 h += norm
                 if h > g_ls:
                     g_ls = h
@@ -342,7 +399,7 @@ class _Run:
                 issued = controller.layer_start(j)
                 if issued:
                     link.submit_all(issued, g_ls)
-                    h += len(issued) * issue_s
+                    h = paid_starts(h)
                 t_pred = 0.0
                 if pre_attention:
                     # on the CPU the host computes it (its router decision waits for it below)
@@ -352,12 +409,12 @@ class _Run:
                     issued = controller.prediction_ready(j)
                     if issued:
                         link.submit_all(issued, max(h, t_pred))
-                        h += len(issued) * issue_s
+                        h = paid_starts(h)
                 # attention, add, norm, router and the executor's own work; then the router decision
                 h += host_pre
                 if on_host and t_pred > h:
                     h = t_pred
-                t_router = g_ls + g_pre
+                t_router = g_ls + (beside(g_ls, g_pre, gc_pre) if slowed else g_pre)
                 if h > t_router:
                     t_router = h
                 if recording:
@@ -375,24 +432,28 @@ class _Run:
                 if prefetches:
                     link.submit_all(prefetches, t_router)
                 if demands or prefetches:
-                    h += (len(demands) + len(prefetches)) * issue_s
+                    h = paid_starts(h)
                 if cross_layer and j + 1 < num_moe:
                     t_pred = t_router + gate_s
                     issued = controller.prediction_ready(j + 1)
                     if issued:
                         link.submit_all(issued, max(h, t_pred))
-                        h += len(issued) * issue_s
+                        h = paid_starts(h)
                 # the MoE block: shared and hit experts launched first, then the others in landing order
                 t = t_router
                 if shared > 0:
-                    t += g_shared
+                    t += beside(t, g_shared, gc_shared) if slowed else g_shared
                     h += shared
                     if h > t:
                         t = h
                     if recording:
                         timeline.add("compute", "shared experts", t - g_shared, t, j)
                 status = decision.status
-                if n_tok == 1 and not (late or demands or recording):
+                if (
+                    n_tok == 1
+                    and not (late or demands or recording)
+                    and not (slowed and not link.quiet_from(t))
+                ):
                     # every expert is on the GPU (most layers of most runs): t_k = max(t_{k-1} + g_one,
                     # h + k * c_one) over the k experts, in closed form
                     n_exp = len(status)
@@ -400,8 +461,8 @@ class _Run:
                     t = max(t + n_exp * g_one, end)
                     h += n_exp * c_one
                 else:
-                    t, h = self._moe_experts(decision, t, h, j, n_tok, c_one, g_one)
-                t += g_add
+                    t, h = self._moe_experts(decision, t, h, j, n_tok, c_one, g_one, gc_one)
+                t += beside(t, g_add, gc_add) if slowed else g_add
                 h += add
                 if h > t:
                     t = h
@@ -416,7 +477,7 @@ class _Run:
                 issued = controller.layer_end(j)
                 if issued:
                     link.submit_all(issued, max(h, g))
-                    h += len(issued) * issue_s
+                    h = paid_starts(h)
                 j += 1
             controller.end_step()
             boundary = max(g, h) + self.step_overhead_s

@@ -84,8 +84,10 @@ class Link:
         size_bytes: int,
         capacity_bps: float,
         serial: bool = False,
+        record_busy: bool = False,
     ) -> None:
-        """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included)."""
+        """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included);
+        ``record_busy``: keep the periods with a copy in flight, for ``copying_at``."""
         self.engines = engines
         self.serial = serial
         # FIFOs of copies; each holds at most ``engines`` of them, so plain lists serve (as quick as deques
@@ -108,8 +110,13 @@ class Link:
         self._last_in_slot: dict[int, Transfer] = {}
         self.completed: list[Transfer] = []  # landed, not yet collected by the engine
         self.pending = 0  # copies submitted and not landed yet
+        self.started = 0  # copies that took an engine
         self.busy_s = 0.0  # time with at least one copy moving bytes
         self.submitted = 0
+        # periods with a copy in flight (set up or moving bytes), recorded only if asked for
+        self.record_busy = record_busy
+        self._busy_since = INF  # start of the current period; INF: no copy in flight
+        self._periods: list[tuple[float, float]] = []  # (start, end) of ended periods not yet queried past
 
     # -- submissions
 
@@ -146,6 +153,9 @@ class Link:
                 transfer.start_s = now = self.now
                 transfer.setup_end = now + self.latency_s
                 self._setup.append(transfer)
+                self.started += 1
+                if now < self._busy_since:
+                    self._busy_since = now
             else:
                 heappush(queue, (transfer.priority, transfer.seq, transfer))
                 if free:
@@ -182,6 +192,9 @@ class Link:
             transfer.start_s = now
             transfer.setup_end = now + self.latency_s
             self._setup.append(transfer)
+            self.started += 1
+            if now < self._busy_since:
+                self._busy_since = now
 
     # -- time
 
@@ -229,6 +242,9 @@ class Link:
                     if self._queue:
                         self.now = now
                         self._dispatch()
+                    if not n_wire and not setup and self.record_busy:  # the link fell idle
+                        self._periods.append((self._busy_since, now))
+                        self._busy_since = INF
                     if transfer is until:
                         break
                     continue
@@ -256,6 +272,29 @@ class Link:
                 busy += t - now
             now = t
         self.now, self.virtual, self.busy_s = now, virtual, busy
+
+    def copying_share(self, start_s: float, end_s: float) -> float:
+        """The share of ``[start_s, end_s]`` with a copy in flight (set up or moving bytes), for a link made
+        with ``record_busy``. Advances the link to ``end_s`` when it is behind (valid while no copy is
+        submitted before ``end_s``, as for ``advance``). Queries must come in time order: periods that
+        ended before ``start_s`` are forgotten."""
+        if end_s > self.now:
+            self.advance(end_s)
+        periods = self._periods
+        while periods and periods[0][1] <= start_s:
+            periods.pop(0)
+        busy = 0.0
+        for a, b in periods:
+            if a >= end_s:
+                break
+            busy += min(b, end_s) - max(a, start_s)
+        if self._busy_since < end_s:
+            busy += end_s - max(self._busy_since, start_s)
+        return busy / (end_s - start_s) if end_s > start_s else 0.0
+
+    def quiet_from(self, t: float) -> bool:
+        """No copy in flight at or after ``t`` as far as submitted (a link made with ``record_busy``)."""
+        return not self.pending and (not self._periods or self._periods[-1][1] <= t)
 
     def finish_time(self, transfer: Transfer) -> float:
         """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted

@@ -104,6 +104,7 @@ def simulate(
         size_bytes=size,
         capacity_bps=copy.shared_capacity_bps(size, options.pinned),
         serial=copy.serial,
+        record_busy=costs.slowed_by_copies,
     )
     pre_s, cross_s = predictor_times(policy_obj, costs, options)
     out = run_engine(
