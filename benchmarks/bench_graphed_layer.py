@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from sim import kernels
+from sim.calibrate import sleep_cycles_per_s
 from sim.host_speed import step_probe_s
 from traces.shapes import resolve_shape
 
@@ -148,16 +149,6 @@ def time_mode(layer: Callable[[int], None], n_layers: int, count: int, sleep_cyc
     }
 
 
-def sleep_cycles_for(seconds: float) -> int:
-    cycles = 2_000_000
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(cycles)
-    end.record()
-    torch.cuda.synchronize()
-    return int(seconds * cycles / (start.elapsed_time(end) / 1e3))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             for j in range(args.layers):
                 layer(j)
         torch.cuda.synchronize()
-        sleep = sleep_cycles_for(0.2)
+        sleep = int(0.2 * sleep_cycles_per_s(device))
         reps: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for _ in range(args.reps):
             for name, layer in modes.items():

@@ -52,6 +52,9 @@ DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)
 #: Bytes to rotate through so repeated kernels do not hit a warm L2 (H200: 60 MB).
 ROTATE_BYTES = 256 * MIB
 MAX_ROTATION = 64
+#: largest copy of the chain that ops are timed beside (Mixtral's 336 MiB experts: one copy would outlast
+#: most bursts many times over; the link is as busy with smaller ones)
+COPY_CHAIN_MAX_BYTES = 32 * MIB
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class ShapeTimings:
     gpu_s: dict[str, Any] = field(default_factory=dict)
     #: the host's launch time alone of the same calls (timed while the sleeping kernel held the GPU)
     host_s: dict[str, Any] = field(default_factory=dict)
+    #: the GPU time of the same calls while host-to-device copies are in flight (``<op>_copying``)
+    copying_s: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +162,9 @@ class HostRun:
     host_busy_s: float = 0.0
     #: MoE layers of the truncated model it decoded
     moe_layers: int = 4
+    #: the live run's counters (sim.live.run_live: copies, where the host thread's time went; empty in
+    #: runs kept before session 6)
+    counters: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,6 +291,21 @@ def fast_samples(samples: list[list[float]], probes: list[list[float]]) -> list[
     return out
 
 
+def sleep_cycles_per_s(device: Any) -> float:
+    """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel that holds a stream while
+    launches queue up behind it), timed once on ``device``."""
+    import torch
+
+    cycles = 2_000_000
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    torch.cuda.synchronize(device)
+    return cycles / (start.elapsed_time(end) / 1e3)
+
+
 class Stopwatch:
     """Per-call median time of a callable on one device: CUDA events on a GPU, perf_counter on the CPU.
 
@@ -346,7 +369,11 @@ class Stopwatch:
         return [median(x) for x in fast_samples(samples, probes)]
 
     def queued_all(
-        self, fns: Sequence[Callable[[int], Any]], inner: int | None = None, reps: int | None = None
+        self,
+        fns: Sequence[Callable[[int], Any]],
+        inner: int | None = None,
+        reps: int | None = None,
+        beside: Callable[[int, float], Any] | None = None,
     ) -> tuple[list[float], list[float]]:
         """(GPU, host) per-call medians of several callables (GPU only), in interleaved rounds: each burst
         is launched while a sleeping kernel holds the stream (sized to three times the burst's warm-up
@@ -355,11 +382,12 @@ class Stopwatch:
         host intervals of bursts probed at the host's slow level (as in ``per_call_all``). The GPU is
         drained before each burst: bursts queued behind earlier ones filled the launch queue on the H200,
         and a launch into a full queue waits (session 5: a residual add timed 65-74 us to launch at batch
-        1, 8 us at batch 2)."""
+        1, 8 us at batch 2). ``beside(k, sleep_s)``, if given, starts work on other streams (copies)
+        right before the sleep of each burst of ``fns[k]``, lasting beyond the burst."""
         inner = inner or self.effort.inner
         reps = reps or self.effort.reps
         burst, launch_s = self._bursts(fns, inner)
-        cycles_per_s = self._sleep_cycles_per_s()
+        cycles_per_s = sleep_cycles_per_s(self.device)
         gpu: list[list[float]] = [[] for _ in fns]
         host: list[list[float]] = [[] for _ in fns]
         probes: list[list[float]] = [[] for _ in fns]
@@ -369,6 +397,8 @@ class Stopwatch:
                 probe = step_probe_s()
                 start, end = event(enable_timing=True), event(enable_timing=True)
                 sleep_s = 3 * inner * launch_s[k] + 100e-6
+                if beside is not None:
+                    beside(k, sleep_s)
                 self.torch.cuda._sleep(int(sleep_s * cycles_per_s))
                 t0 = time.perf_counter()
                 start.record()
@@ -406,17 +436,6 @@ class Stopwatch:
             calls[k] = c + inner
 
         return burst, launch_s
-
-    def _sleep_cycles_per_s(self) -> float:
-        """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel), timed once."""
-        cycles = 2_000_000
-        start = self.torch.cuda.Event(enable_timing=True)
-        end = self.torch.cuda.Event(enable_timing=True)
-        start.record()
-        self.torch.cuda._sleep(cycles)
-        end.record()
-        self.sync()
-        return cycles / (start.elapsed_time(end) / 1e3)
 
     def wall_s(self, fn: Callable[[], Any], reps: int | None = None) -> float:
         """Median host wall time of ``fn`` followed by a device synchronisation."""
@@ -520,20 +539,53 @@ def measure_device_bandwidth(watch: Stopwatch, size: int) -> float:
     return 2.0 * size / t / 1e9
 
 
+class CopyChain:
+    """Host-to-device copies of ``chunk_bytes`` each, queued back to back on a stream of their own, from
+    pinned host memory: what the live executor's copies put on the link while the GPU computes."""
+
+    #: a link rate no PCIe link beats (sizes the chain: more copies than needed, never fewer)
+    FASTEST_LINK_BPS = 64e9
+
+    def __init__(self, device: Any, chunk_bytes: int) -> None:
+        import torch
+
+        n = max(1, chunk_bytes // 2)
+        self.chunk_bytes = 2 * n
+        self.stream = torch.cuda.Stream(device)
+        self.src = torch.empty(n, dtype=torch.bfloat16).pin_memory()
+        self.dst = torch.empty(n, dtype=torch.bfloat16, device=device)
+
+    def start(self, seconds: float) -> None:
+        """Queue copies that keep the link busy for at least ``seconds``."""
+        import torch
+
+        copies = 1 + math.ceil(seconds * self.FASTEST_LINK_BPS / self.chunk_bytes)
+        with torch.cuda.stream(self.stream):
+            for _ in range(copies):
+                self.dst.copy_(self.src, non_blocking=True)
+
+
 def _queued_times(
-    watch: Stopwatch, points: dict[tuple[str, int, int], Callable[[int], Any]]
-) -> tuple[dict[tuple[str, int, int], float], dict[tuple[str, int, int], float]]:
-    """The GPU time alone and the host's launch time alone of each point of the ops in
-    ``GPU_TIMED_OPS`` (``Stopwatch.queued_all``); both empty (and said on stderr) if this torch cannot
-    hold a stream (``torch.cuda._sleep`` is private API): the simulator then falls back to the roofline
-    for GPU times and to the op times for launches, and the op curves are complete without these."""
+    watch: Stopwatch, points: dict[tuple[str, int, int], Callable[[int], Any]], copy_bytes: int
+) -> tuple[dict[tuple[str, int, int], float], ...]:
+    """The GPU time alone, the host's launch time alone and the GPU time beside copies (a ``CopyChain``
+    of ``copy_bytes`` copies) of each point of the ops in ``GPU_TIMED_OPS`` (``Stopwatch.queued_all``);
+    all empty (and said on stderr) if this torch cannot hold a stream (``torch.cuda._sleep`` is private
+    API): the simulator then falls back to the roofline for GPU times and to the op times for launches,
+    and the op curves are complete without these."""
     keys = [k for k in points if k[0] in GPU_TIMED_OPS]
+    fns = [points[k] for k in keys]
     try:
-        gpu, host = watch.queued_all([points[k] for k in keys])
+        gpu, host = watch.queued_all(fns)
+        chain = CopyChain(watch.device, copy_bytes)
+        inner = watch.effort.inner
+        copying, _ = watch.queued_all(
+            fns, beside=lambda k, sleep_s: chain.start(sleep_s + 2 * inner * gpu[k])
+        )
     except (AttributeError, RuntimeError) as exc:
         print(f"calibrate: GPU-only op times NOT measured ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return {}, {}
-    return dict(zip(keys, gpu, strict=True)), dict(zip(keys, host, strict=True))
+        return {}, {}, {}
+    return tuple(dict(zip(keys, times, strict=True)) for times in (gpu, host, copying))
 
 
 def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeTimings:
@@ -607,7 +659,10 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
             )
     keys = list(points)
     times = dict(zip(keys, watch.per_call_all([points[k] for k in keys]), strict=True))
-    gpu_times, host_times = _queued_times(watch, points) if watch.cuda else ({}, {})
+    copy_bytes = min(shape.bytes_per_expert, COPY_CHAIN_MAX_BYTES)
+    gpu_times, host_times, copying_times = (
+        _queued_times(watch, points, copy_bytes) if watch.cuda else ({}, {}, {})
+    )
 
     cpu_watch = Stopwatch(torch.device("cpu"), dataclasses.replace(effort, inner=max(1, effort.inner // 2)))
     pred_cpu = kernels.new_predictor(shape, torch.device("cpu"), torch.float32)
@@ -648,6 +703,7 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         predictor_cpu_s=predictor_cpu_s,
         gpu_s=queued_curves(gpu_times),
         host_s=queued_curves(host_times),
+        copying_s=queued_curves(copying_times),
     )
 
 
@@ -757,7 +813,13 @@ def record_host_run(
     probes = [] if ran.host_probe_s is None else [float(x) for x in ran.host_probe_s]
     busy_s = (ran.counters["host_loop_us"] - ran.counters["host_wait_gpu_us"]) / 1e6 / len(ran.step_latency_s)
     return HostRun(
-        shape.name, kind, [float(x) for x in ran.step_latency_s], probes, busy_s, small.num_moe_layers
+        shape.name,
+        kind,
+        [float(x) for x in ran.step_latency_s],
+        probes,
+        busy_s,
+        small.num_moe_layers,
+        {k: float(v) for k, v in ran.counters.items()},
     )
 
 
@@ -1113,7 +1175,7 @@ def to_profile(
         curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
         per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
         curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
-        for suffix, timed in (("_gpu", t.gpu_s), ("_host", t.host_s)):
+        for suffix, timed in (("_gpu", t.gpu_s), ("_host", t.host_s), ("_copying", t.copying_s)):
             for op, values in timed.items():
                 axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
                 context = t.contexts if op == "attention" else ()
@@ -1147,7 +1209,13 @@ def to_profile(
         "cache; launch overhead: one trivial eager kernel back to back; "
         + (
             "<op>_gpu and <op>_host curves: the same calls launched while a sleeping kernel held the GPU "
-            "(the GPU's time alone, back to back, and the host's launch time alone). "
+            "(the GPU's time alone, back to back, and the host's launch time alone)"
+            + (
+                "; <op>_copying: the GPU's time of those calls while one expert-sized host-to-device copy "
+                "after another was in flight on a stream of its own. "
+                if any(t.copying_s for t in result.shapes.values())
+                else ". "
+            )
             if any(t.host_s for t in result.shapes.values())
             else "<op>_gpu curves: the same calls queued behind a sleeping kernel (the GPU's time alone). "
         )
@@ -1219,6 +1287,11 @@ def write_profile(
     to_profile(result, shapes, name, smoke).save(path)
 
 
+def _first(curve: Any) -> float:
+    """A curve's first point (attention's: the first batch at the first context)."""
+    return float(curve[0][0] if isinstance(curve[0], list) else curve[0])
+
+
 def summary_text(result: Calibration) -> str:
     """A short human-readable table of the headline numbers."""
     copies = sorted(result.copies, key=lambda p: p.size_bytes)
@@ -1243,6 +1316,13 @@ def summary_text(result: Calibration) -> str:
         if t.host_s:
             launches = ", ".join(f"{op} {v[0] * 1e6:.1f}" for op, v in t.host_s.items() if op != "attention")
             lines.append(f"{name}: launch times (us, 1 token): {launches}")
+        if t.gpu_s and t.copying_s:
+            slower = ", ".join(
+                f"{op} {_first(t.copying_s[op]) / _first(t.gpu_s[op]):.2f}x" for op in t.copying_s
+            )
+            lines.append(
+                f"{name}: GPU time beside copies against alone (1 token, shortest context): {slower}"
+            )
     if result.host_gates:
         probes = ", ".join(f"{g['phase']} {g['probe_s'] * 1e6:.0f}" for g in result.host_gates)
         lines.append(

@@ -339,6 +339,12 @@ class _CopyQueue:
         self.early_commits = 0
         #: host seconds spent spinning for the GPU to catch up (the one-layer-ahead rule)
         self.gpu_wait_s = 0.0
+        #: host seconds spent committing copies to copy streams (``_start``), of them while spinning, and
+        #: handling landed copies (the simulator's ``copy.issue_s`` stands for these costs)
+        self.issue_s = 0.0
+        self.issue_in_wait_s = 0.0
+        self.landing_s = 0.0
+        self._spinning = False
 
     def submit(self, requests: list[FetchRequest], gate: _Gate) -> None:
         for request in requests:
@@ -370,11 +376,13 @@ class _CopyQueue:
         free = False
         for fifo in self.engines:
             while fifo and passed(fifo[0].done):
+                started = time.perf_counter()
                 transfer = fifo.popleft()
                 transfer.state = LANDED
                 self.started.remove(transfer)
                 self.by_seq.pop(transfer.seq, None)
                 self.on_landed(transfer.request)
+                self.landing_s += time.perf_counter() - started
             free = free or not fifo
         if not self.pending or not free:
             return
@@ -436,6 +444,7 @@ class _CopyQueue:
         self._start(transfer, engine)
 
     def _start(self, transfer: _Transfer, engine: int) -> None:
+        started = time.perf_counter()
         request = transfer.request
         transfer.start, transfer.done = self.dev.issue_copy(
             engine,
@@ -452,6 +461,10 @@ class _CopyQueue:
         self.transfers += 1
         if self.timeline.on:
             self.timeline.copy(transfer)
+        took = time.perf_counter() - started
+        self.issue_s += took
+        if self._spinning:
+            self.issue_in_wait_s += took
 
     def wait_until(self, marker: Any) -> None:
         """Spin (polling) until the GPU passed ``marker`` (counted in ``gpu_wait_s``)."""
@@ -459,8 +472,10 @@ class _CopyQueue:
         if dev.passed(marker):
             return
         started = time.perf_counter()
+        self._spinning = True
         while not dev.passed(marker):
             self.pump()
+        self._spinning = False
         self.gpu_wait_s += time.perf_counter() - started
 
     def drain(self) -> None:
@@ -793,6 +808,11 @@ def run_live(
             # all (the rest is the host's own work and the drain)
             "host_wait_gpu_us": round(decode.queue.gpu_wait_s * 1e6),
             "host_loop_us": round(host_loop_s * 1e6),
+            # of the host's time, committing copies to copy streams (of it, while spinning for the GPU)
+            # and handling landed copies
+            "host_issue_us": round(decode.queue.issue_s * 1e6),
+            "host_issue_in_wait_us": round(decode.queue.issue_in_wait_s * 1e6),
+            "host_landing_us": round(decode.queue.landing_s * 1e6),
         },
         timeline=decode.timeline.intervals(),
         wall_s=time.perf_counter() - started,

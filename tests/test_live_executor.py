@@ -145,4 +145,8 @@ def test_the_host_time_breakdown_is_reported_and_adds_up(model, trace) -> None:
     c = _on_demand_on_the_cpu(model, trace, SimOptions()).counters
     assert c["host_loop_us"] > 0
     assert 0 <= c["host_wait_gpu_us"] <= c["host_loop_us"]
+    # copies were committed and landed, each costing the host some time, within the loop
+    assert c["live_transfers"] > 0 and c["host_issue_us"] > 0 and c["host_landing_us"] > 0
+    assert c["host_issue_us"] + c["host_landing_us"] <= c["host_loop_us"]
+    assert 0 <= c["host_issue_in_wait_us"] <= c["host_issue_us"]
     assert c["copies_committed_early"] == 0  # on the CPU every copy lands when issued
