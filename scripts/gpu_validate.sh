@@ -6,6 +6,7 @@
 #   scripts/gpu_validate.sh [GRID.toml]        (default: reports/validation/grid.toml)
 #
 # Environment: OUT (default ./gpu-out), SHAPES (the grid's shapes to calibrate and run, default all),
+# CALIBRATE_SHAPES (the shapes to calibrate, default SHAPES: a profile may cover more shapes than run),
 # HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
@@ -49,7 +50,8 @@ PIN=()
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
     SECONDS=0
     shape_args=() grid_shapes=()
-    for s in $SHAPES; do shape_args+=(--model-shape "$s") grid_shapes+=(--shape "$s"); done
+    for s in ${CALIBRATE_SHAPES:-$SHAPES}; do shape_args+=(--model-shape "$s"); done
+    for s in $SHAPES; do grid_shapes+=(--shape "$s"); done
     "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
         --out "$OUT/h200.toml" --raw "$OUT/calibration.json" --host-gate-timeout "${HOST_GATE_S:-30}"
     echo "calibration took ${SECONDS}s"

@@ -52,6 +52,9 @@ DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)
 #: Bytes to rotate through so repeated kernels do not hit a warm L2 (H200: 60 MB).
 ROTATE_BYTES = 256 * MIB
 MAX_ROTATION = 64
+#: context of the attention that the predictor's share of the GPU is measured beside (the grids decode at
+#: tens of positions)
+PREDICTOR_SHARE_CONTEXT = 64
 #: largest copy of the chain that ops are timed beside (Mixtral's 336 MiB experts: one copy would outlast
 #: most bursts many times over; the link is as busy with smaller ones)
 COPY_CHAIN_MAX_BYTES = 32 * MIB
@@ -142,6 +145,9 @@ class ShapeTimings:
     host_s: dict[str, Any] = field(default_factory=dict)
     #: the GPU time of the same calls while host-to-device copies are in flight (``<op>_copying``)
     copying_s: dict[str, Any] = field(default_factory=dict)
+    #: the share of a side-stream predictor's GPU time that the compute stream loses while it runs
+    #: beside (``measure_predictor_share``); None where not measured
+    predictor_share: float | None = None
 
 
 @dataclass
@@ -659,6 +665,12 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
             )
     keys = list(points)
     times = dict(zip(keys, watch.per_call_all([points[k] for k in keys]), strict=True))
+    share = None
+    if watch.cuda:
+        context = min(effort.contexts, key=lambda c: abs(c - PREDICTOR_SHARE_CONTEXT))
+        share = measure_predictor_share(
+            watch, points["attention", 1, context], predictors[0], rand(1, h), times["predictor_gpu", 1, 0]
+        )
     copy_bytes = min(shape.bytes_per_expert, COPY_CHAIN_MAX_BYTES)
     gpu_times, host_times, copying_times = (
         _queued_times(watch, points, copy_bytes) if watch.cuda else ({}, {}, {})
@@ -704,7 +716,31 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
         gpu_s=queued_curves(gpu_times),
         host_s=queued_curves(host_times),
         copying_s=queued_curves(copying_times),
+        predictor_share=share,
     )
+
+
+def measure_predictor_share(
+    watch: Stopwatch, attention: Callable[[int], Any], predictor: Any, x: Any, predictor_s: float
+) -> float:
+    """The share of the predictor MLP's GPU time (``predictor_s``) that the compute stream loses while
+    the predictor runs beside it on a side stream, as the live executor runs the pre-attention
+    predictor beside a layer's attention: attention calls queued alone against the same calls each with
+    the predictor (replayed from its own graph) started beside it; 0 to 1."""
+    from sim import kernels
+
+    torch = watch.torch
+    side = torch.cuda.Stream(watch.device)
+    call = kernels.GraphedCall(predictor, x, kernels.GraphPool(watch.device))  # own pool: runs beside
+
+    def beside(i: int) -> None:
+        side.wait_stream(torch.cuda.current_stream(watch.device))
+        with torch.cuda.stream(side):
+            call(x)
+        attention(i)
+
+    (alone_s, with_s), _ = watch.queued_all([attention, beside])
+    return min(1.0, max(0.0, (with_s - alone_s) / predictor_s))
 
 
 def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) -> list[Any]:
@@ -835,9 +871,13 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
     - ``gpu_layer_s[shape]`` (runs with busy time only): the GPU time per MoE layer at which that
       quantile of (live - simulated) is zero (bisection): the gaps between a layer's launches, which
       ops timed one at a time do not show;
-    - ``issue_s`` (``copy.issue_s``): the host time per copy at which that quantile of (live -
-      simulated) step time of the first shape's oracle run is zero (bisection). It holds everything a
-      copy costs the host thread (dispatch, decisions, polling, events).
+    - ``issue_s`` (``copy.issue_s``): the host time per copy that the first shape's oracle run
+      measured (committing copies to copy streams and handling them once landed, its counters
+      ``host_issue_us`` and ``host_landing_us``). Runs kept before session 6 lack those counters; for
+      them it is the host time per copy at which that quantile of (live - simulated) step time is zero
+      (bisection), which took every way the live run was slower than the simulator for host time:
+      session 6 measured 14 us per copy where that fit gave 161 us, and the fitted value held back
+      cross-layer prefetching, whose copies the host issues between a router and its experts.
 
     Measured steps are those after ``HOST_WARMUP_STEPS`` that ran with the host core at its fast level
     (``host_fit_steps``). A disturbance only ever adds time, and not every one shows in the probe (a
@@ -857,6 +897,10 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
     if not copy_runs:
         return slow
     shape, run = copy_runs[0]
+    if run.counters.get("live_transfers"):
+        host_us = run.counters["host_issue_us"] + run.counters["host_landing_us"]
+        result.issue_s = host_us / 1e6 / run.counters["live_transfers"]
+        return slow
     small, trace = host_workload(shape, run.moe_layers)
     setup = host_run_setup("copy")
     profile = to_profile(result, shapes)
@@ -1183,6 +1227,8 @@ def to_profile(
         for op, fitted in (("host_layer", result.host_layer_s), ("gpu_layer", result.gpu_layer_s)):
             if shape.name in fitted:
                 curves.append(OpCurve(op, shape.name, (1,), (fitted[shape.name],)))
+        if t.predictor_share is not None:
+            curves.append(OpCurve("predictor_share", shape.name, (1,), (t.predictor_share,)))
     source = (
         "cpu smoke run (NOT a GPU measurement; numbers are meaningless)"
         if smoke or result.device == "cpu"
@@ -1231,9 +1277,16 @@ def to_profile(
             else f"shape: host_layer per shape = the {100 * HOST_FIT_QUANTILE:.0f}th percentile over steps "
             "of (live - simulated) step time of a resident run, per MoE layer; "
         )
-        + "copy.issue_s = the host time per copy at which that percentile is zero for a live oracle run of "
-        "the first shape into a quarter-size cache (by bisection; all over the steps whose host probe "
-        "showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
+        + (
+            "copy.issue_s = the host time per copy that a live oracle run of the first shape into a "
+            "quarter-size cache spent committing copies to copy streams and handling them once landed "
+            "(its counters); the fits over the steps whose host probe showed the fast level (a slowdown "
+            "only adds time, and not every one shows in the probe)."
+            if any(r.counters.get("live_transfers") for r in result.host_runs)
+            else "copy.issue_s = the host time per copy at which that percentile is zero for a live oracle "
+            "run of the first shape into a quarter-size cache (by bisection; all over the steps whose host "
+            "probe showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
+        )
         + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
@@ -1322,6 +1375,10 @@ def summary_text(result: Calibration) -> str:
             )
             lines.append(
                 f"{name}: GPU time beside copies against alone (1 token, shortest context): {slower}"
+            )
+        if t.predictor_share is not None:
+            lines.append(
+                f"{name}: the compute stream loses {t.predictor_share:.2f} of the predictor's GPU time"
             )
     if result.host_gates:
         probes = ", ".join(f"{g['phase']} {g['probe_s'] * 1e6:.0f}" for g in result.host_gates)

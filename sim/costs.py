@@ -81,6 +81,7 @@ class CostModel:
             "predictor_cpu": c.curve("predictor_cpu", shape.name),
             "host_layer": c.curve("host_layer", shape.name),
             "gpu_layer": c.curve("gpu_layer", shape.name),
+            "predictor_share": c.curve("predictor_share", shape.name),
         }
         self._gpu_curves = {op: c.curve(f"{op}_gpu", shape.name) for op in GPU_TIMED_OPS}
         self._host_curves = {op: c.curve(f"{op}_host", shape.name) for op in GPU_TIMED_OPS}
@@ -233,6 +234,12 @@ class CostModel:
         ops timed one at a time do not show), measured by calibration; 0 without such a curve."""
         curve = self._curves["gpu_layer"]
         return curve.at(tokens) * self.scale if curve is not None else 0.0
+
+    def predictor_share(self) -> float:
+        """The share of a GPU predictor's time on its side stream that the compute stream loses while it
+        runs beside, as calibration measured it; 0 without a measurement (the streams overlap freely)."""
+        curve = self._curves["predictor_share"]
+        return curve.at(1) if curve is not None else 0.0
 
     # -- copies
 

@@ -20,6 +20,10 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   1); when the launches are short (ops replayed from CUDA graphs) it is the GPU's; when copies stall the
   GPU, the host runs on and launches the next layer's ops meanwhile, up to the live executor's limit: at
   a MoE layer's start it waits until the GPU has passed the router of two MoE layers back.
+- A GPU predictor runs on a side stream, but the compute stream loses the calibrated share of its time
+  (``predictor_share``; session 6's live timelines showed a Qwen3 layer's attention 21 us slower with
+  the pre-attention predictor beside it): the pre-attention predictor's share delays the router, the
+  cross-layer predictor's the next MoE block.
 - Copies in flight slow the GPU's own work (session 5 on the H200: a routed expert 20.8 us alone, 26.4 us
   beside a copy). Where the profile measured it (``<op>_copying`` curves), an op's GPU time is its time
   alone stretched towards its time beside copies by the share of it that a copy was in flight.
@@ -310,6 +314,10 @@ class _Run:
         on_host = self.predictor_on_host
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
+        # the compute stream's loss to a GPU predictor running beside it on the side stream
+        share = costs.predictor_share()
+        pre_loss = share * predictor_s if pre_attention and not on_host else 0.0
+        cross_loss = share * gate_s if cross_layer else 0.0
         # (methods of the link and the controller are called through their objects, not bound to locals:
         # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
@@ -414,7 +422,7 @@ class _Run:
                 h += host_pre
                 if on_host and t_pred > h:
                     h = t_pred
-                t_router = g_ls + (beside(g_ls, g_pre, gc_pre) if slowed else g_pre)
+                t_router = g_ls + (beside(g_ls, g_pre, gc_pre) if slowed else g_pre) + pre_loss
                 if h > t_router:
                     t_router = h
                 if recording:
@@ -440,7 +448,8 @@ class _Run:
                         link.submit_all(issued, max(h, t_pred))
                         h = paid_starts(h)
                 # the MoE block: shared and hit experts launched first, then the others in landing order
-                t = t_router
+                # (a cross-layer gate predictor beside it takes its share of the GPU)
+                t = t_router + cross_loss if j + 1 < num_moe else t_router
                 if shared > 0:
                     t += beside(t, g_shared, gc_shared) if slowed else g_shared
                     h += shared

@@ -84,6 +84,8 @@ OPS = (
     "predictor_cpu",
     "host_layer",
     "gpu_layer",
+    # the share of a side-stream predictor's GPU time that the compute stream loses while it runs beside
+    "predictor_share",
 )
 #: ops whose GPU time alone and host launch time alone calibration measures too, as curves named
 #: ``<op>_gpu`` and ``<op>_host`` (the calls queued behind a sleeping kernel: the host launches them while
