@@ -25,8 +25,11 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   the pre-attention predictor beside it): the pre-attention predictor's share delays the router, the
   cross-layer predictor's the next MoE block.
 - Copies in flight slow the GPU's own work (session 5 on the H200: a routed expert 20.8 us alone, 26.4 us
-  beside a copy). Where the profile measured it (``<op>_copying`` curves), an op's GPU time is its time
-  alone stretched towards its time beside copies by the share of it that a copy was in flight.
+  beside a copy). Where the profile measured it (``<op>_copying`` curves), the GPU time of a layer's
+  attention group (attention, add, norm, router), of its shared experts, of its routed experts (each,
+  or all of them at once when none waits for a copy) and of a dense layer is its time alone stretched
+  towards its time beside copies by the share of it that a copy was in flight (a layer's first norm and
+  last add keep their few microseconds alone).
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
   its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy that
   takes a copy engine; on the GPU, ``gpu_layer`` per MoE layer before its router (the gaps between a
@@ -367,20 +370,20 @@ class _Run:
             g_one = gpu_s("expert", 1, 0)
             dense = 2 * norm + attn + launch_s("dense", n_tok, 0) + 2 * add
             g_dense = 2 * g_norm + gpu_s("attention", n_tok, ctx) + gpu_s("dense", n_tok, 0) + 2 * g_add
-            # the same GPU times beside copies in flight (equal to those alone without such curves)
-            gc_norm = copying_s("norm", n_tok, 0)
-            gc_add = copying_s("add", n_tok, 0)
+            # GPU times beside copies in flight (equal to those alone without such curves), of the ops
+            # that take most of a layer: the attention group, the MLPs (a layer's first norm and last add,
+            # a few microseconds, keep their times alone: one share per op would cost the engine more)
             gc_pre = (
                 copying_s("attention", n_tok, ctx)
-                + gc_add
-                + gc_norm
+                + copying_s("add", n_tok, 0)
+                + copying_s("norm", n_tok, 0)
                 + copying_s("router", n_tok, 0)
                 + costs.gpu_layer_s(n_tok)
             )
             gc_shared = copying_s("shared", n_tok, 0)
             gc_one = copying_s("expert", 1, 0)
             gc_dense = (
-                2 * gc_norm + copying_s("attention", n_tok, ctx) + copying_s("dense", n_tok, 0) + 2 * gc_add
+                2 * g_norm + copying_s("attention", n_tok, ctx) + copying_s("dense", n_tok, 0) + 2 * g_add
             )
             j = 0
             for is_moe in self.layer_plan:
@@ -397,8 +400,7 @@ class _Run:
                     h = self.waited(h, r_back2)
                 # layer start: the input norm is launched; on the GPU the pre-attention predictor starts
                 # (an empty batch is neither submitted nor charged)
-                g_ls = max(g, h)
-                g_ls += beside(g_ls, g_norm, gc_norm) if slowed else g_norm
+                g_ls = max(g, h) + g_norm
                 h += norm
                 if h > g_ls:
                     g_ls = h
@@ -458,20 +460,18 @@ class _Run:
                     if recording:
                         timeline.add("compute", "shared experts", t - g_shared, t, j)
                 status = decision.status
-                if (
-                    n_tok == 1
-                    and not (late or demands or recording)
-                    and not (slowed and not link.quiet_from(t))
-                ):
-                    # every expert is on the GPU (most layers of most runs): t_k = max(t_{k-1} + g_one,
-                    # h + k * c_one) over the k experts, in closed form
+                if n_tok == 1 and not (late or demands or recording):
+                    # every expert is on the GPU (most layers of most runs): t_k = max(t_{k-1} + g_exp,
+                    # h + k * c_one) over the k experts, in closed form (beside copies: the share of the
+                    # experts' time alone with a copy in flight stretches them all alike)
                     n_exp = len(status)
-                    end = h + (n_exp * c_one if c_one >= g_one else c_one + (n_exp - 1) * g_one)
-                    t = max(t + n_exp * g_one, end)
+                    g_exp = beside(t, n_exp * g_one, n_exp * gc_one) / n_exp if slowed else g_one
+                    end = h + (n_exp * c_one if c_one >= g_exp else c_one + (n_exp - 1) * g_exp)
+                    t = max(t + n_exp * g_exp, end)
                     h += n_exp * c_one
                 else:
                     t, h = self._moe_experts(decision, t, h, j, n_tok, c_one, g_one, gc_one)
-                t += beside(t, g_add, gc_add) if slowed else g_add
+                t += g_add
                 h += add
                 if h > t:
                     t = h

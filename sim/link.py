@@ -292,10 +292,6 @@ class Link:
             busy += end_s - max(self._busy_since, start_s)
         return busy / (end_s - start_s) if end_s > start_s else 0.0
 
-    def quiet_from(self, t: float) -> bool:
-        """No copy in flight at or after ``t`` as far as submitted (a link made with ``record_busy``)."""
-        return not self.pending and (not self._periods or self._periods[-1][1] <= t)
-
     def finish_time(self, transfer: Transfer) -> float:
         """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
         before that time)."""
