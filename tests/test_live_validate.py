@@ -267,7 +267,9 @@ def test_a_gated_grid_repeats_a_run_the_host_ended_slow_and_records_the_probes(t
     monkeypatch.setattr(host_speed, "probe_s", lambda: probes.pop(0) if probes else 1e-3)
     monkeypatch.setattr(host_speed, "SETTLE_S", 0.0)
     grid = _tiny_grid(tmp_path, passes=1, host_gate_timeout_s=5.0)
-    live = v.run_live_grid(grid, load_profile("h200"), LiveOptions(device="cpu", warmup_steps=1))
+    h200 = load_profile("h200")  # without its calibration's fast level: the gate learns it from the probes
+    unprobed = dataclasses.replace(h200, meta=dataclasses.replace(h200.meta, host_probe_s=0.0))
+    live = v.run_live_grid(grid, unprobed, LiveOptions(device="cpu", warmup_steps=1))
     first, second, third = (r.counters for r in live)
     assert first["host_gate_attempts"] == 2 and first["host_probe_after_us"] == 1000.0
     assert first["host_probe_us"] == 1000.0 and first["host_gate_wait_ms"] >= 0.0
