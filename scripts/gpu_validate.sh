@@ -18,8 +18,8 @@
 # measurement (HOST_GATE_S, default 30 s per wait; 0: never) and a grid with host_gate_timeout_s does the
 # same before each live run (sim/host_speed.py).
 # The GPU's clocks, power and utilisation are sampled every 200 ms throughout (the validate log's lines
-# carry times to line them up with the runs: session 5 saw ops run 25% faster on a busy GPU than on one
-# waiting for copies).
+# carry times to line them up with the runs; session 6 found the SM clock at its 1980 MHz maximum through
+# every run: the ops that session 5 saw 25% slower were slowed by copies in flight, not by the clock).
 # Leaves 5 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
