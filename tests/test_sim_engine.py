@@ -359,26 +359,21 @@ def test_ops_beside_copies_take_their_time_beside_copies_and_only_then() -> None
 
 
 def test_the_host_pays_for_a_copy_when_it_takes_an_engine_or_at_its_next_wait() -> None:
-    from types import SimpleNamespace
-
-    from sim.engine import _Run
+    from sim.engine import EngineController, _Run
     from sim.link import Link, Transfer
 
+    shape = tiny_shape()
+    trace = tiny_trace(shape)
     copy_s = 1e-3
 
-    def host_of(issue_s: float) -> _Run:
+    def host_of(issue_s: float) -> _Run:  # real objects: the compiled build checks the types
+        policy = make_policy(PolicySpec("on-demand"), trace.top_k)
+        workload = Workload(trace, SimOptions().batching(), policy.sources)
+        controller = EngineController(workload, policy, CacheConfig(slots=0))
+        costs = CostModel(shape, tiny_hardware().with_copy(issue_s=issue_s))
         link = Link(engines=1, latency_s=0.0, transfer_s=copy_s, size_bytes=1000, capacity_bps=1e6)
         link.submit_all([Transfer(i, i, 0, i, i, 1, False, 0) for i in range(3)], 0.0)
-        return _Run(
-            SimpleNamespace(num_layers=1),
-            SimpleNamespace(issue_s=issue_s),
-            link,
-            tiny_shape(),
-            0,
-            0,
-            0,
-            False,
-        )
+        return _Run(controller, costs, link, shape, 0.0, 0.0, 0.0, False)
 
     cheap = host_of(1e-4)
     assert cheap.paid_starts(0.0) == pytest.approx(1e-4)  # one engine: one copy committed at once
