@@ -23,16 +23,19 @@ For each it reports the median copy duration and the median gap between consecut
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from sim import kernels
 from traces.shapes import resolve_shape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bench_args import DEFAULT_SHAPES, parse_on_gpu, shape_benchmark_parser
 
 CONTEXT = 64
 
@@ -140,22 +143,13 @@ def copy_chain(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--shape", action="append", help="model shape key (repeatable; default qwen3, deepseek)"
-    )
+    parser = shape_benchmark_parser(__doc__, reps=10)
     parser.add_argument("--copies", type=int, default=40, help="copies per chain")
-    parser.add_argument("--reps", type=int, default=10, help="interleaved repetitions")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_copy_beside: needs a CUDA GPU", file=sys.stderr)
+    args, device = parse_on_gpu(parser, argv, "bench_copy_beside")
+    if device is None:
         return 1
-    device = torch.device("cuda")
     results = {}
-    for key in args.shape or ["qwen3-30b-a3b", "deepseek-v2-lite"]:
+    for key in args.shape or DEFAULT_SHAPES:
         work = Work(key, device)
         chunk = work.shape.bytes_per_expert
         # enough work to outlast the chain (each copy about chunk / 55 GB/s)

@@ -23,7 +23,6 @@ predates the masked attention of sim.kernels: attention then read exactly the co
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -37,6 +36,9 @@ from sim import kernels
 from sim.calibrate import sleep_cycles_per_s
 from sim.host_speed import step_probe_s
 from traces.shapes import resolve_shape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bench_args import DEFAULT_SHAPES, parse_on_gpu, shape_benchmark_parser
 
 CONTEXT = 40
 
@@ -150,23 +152,14 @@ def time_mode(layer: Callable[[int], None], n_layers: int, count: int, sleep_cyc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--shape", action="append", help="model shape key (repeatable; default qwen3 and deepseek)"
-    )
+    parser = shape_benchmark_parser(__doc__, reps=15)
     parser.add_argument("--layers", type=int, default=8, help="distinct layers built and cycled through")
     parser.add_argument("--count", type=int, default=48, help="layers issued per repetition")
-    parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions per mode")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_graphed_layer: needs a CUDA GPU", file=sys.stderr)
+    args, device = parse_on_gpu(parser, argv, "bench_graphed_layer")
+    if device is None:
         return 1
-    device = torch.device("cuda")
     results = {}
-    for key in args.shape or ["qwen3-30b-a3b", "deepseek-v2-lite"]:
+    for key in args.shape or DEFAULT_SHAPES:
         layers = Layers(key, args.layers, device)
         modes = {"eager": layers.eager_layer, "graphed": graphed(layers)}
         for layer in modes.values():  # warm-up
