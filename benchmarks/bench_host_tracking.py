@@ -104,6 +104,7 @@ def main() -> None:
         any(p[1].predictor_kind == "mlp" for p in plans),
         hardware.copy.engines,
         live.LiveOptions(),
+        serial_link=hardware.copy.serial,
     )
     n = calibrate_iterations(CHUNK_S)
     runs = []

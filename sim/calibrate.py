@@ -843,7 +843,9 @@ def record_host_run(
     copies = not policy_obj.resident
     budget = GIB if copies else small.bytes_per_expert
     live_options = live.LiveOptions(device=str(device), host_budget_bytes=budget)
-    model = live.open_model(small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options)
+    model = live.open_model(
+        small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options, profile.copy.serial
+    )
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
     # (the host-cost trace is one sequence decoded at batch 1: token i is step i)
     probes = [] if ran.host_probe_s is None else [float(x) for x in ran.host_probe_s]

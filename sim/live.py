@@ -2,7 +2,8 @@
 
 ``run_live`` replays a trace token by token with real tensors of a real model's shape: attention weights,
 KV caches, norms, routers, shared experts and dense MLPs resident on the GPU; routed experts in pinned host
-memory; a fixed number of GPU expert slots; host-to-device copies on ``engines`` copy streams; compute
+memory; a fixed number of GPU expert slots; host-to-device copies on one copy stream (``engines`` of
+them where the link lets copies overlap, see ``_Device``); compute
 on one stream with the kernels of ``sim.kernels``, each op (norm, attention, router, shared experts, a
 routed expert from its slot, a dense MLP) replayed from its own CUDA graph as serving engines decode, so
 a layer costs the host a few launches, not dozens (the eager executor of sessions 2-4 was host-bound at
@@ -17,7 +18,8 @@ Host-side scheduling mirrors the simulator's link model (sim.link):
 - every transfer the controller returns is *gated* by a CUDA event at its logical issue point (layer
   start, prediction ready, router, layer end): its copy stream waits for that event on the GPU, so a
   host running ahead of the GPU never starts a copy early, and no host polling delays it either;
-- at most ``engines`` copies are in flight (one per copy stream); started copies run to completion;
+- at most ``engines`` copies are committed (in flight or queued on the copy stream); started copies run
+  to completion;
   waiting ones are started in ``(priority, seq)`` order, demand loads first, and a late prefetch needed
   by the router is promoted to demand priority; a copy into a slot whose previous copy has not landed
   waits outside the queue, as in the simulator;
@@ -201,9 +203,16 @@ def available_host_bytes() -> int:
 
 
 class _Device:
-    """Streams and events on a GPU; on the CPU a synchronous stand-in (markers are host timestamps)."""
+    """Streams and events on a GPU; on the CPU a synchronous stand-in (markers are host timestamps).
 
-    def __init__(self, torch_device: torch.device, engines: int) -> None:
+    ``copy[e]`` is the CUDA stream of copy engine ``e``. On a serial link (copies never overlap) every
+    engine shares one stream, so copies run in the order they are committed, which is the order the
+    executor expects them to land in: on the H200, copies committed alternately to two streams did not
+    run in commit order (one stream's queue ran on, later prefetches included, while the other's earlier
+    demands waited), so the GPU waited for an expert whose copy came last while others had landed
+    (session 6, cross-layer Qwen3: 1.4 ms idle in the first layer)."""
+
+    def __init__(self, torch_device: torch.device, engines: int, serial_link: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -212,7 +221,8 @@ class _Device:
         if self.cuda:
             self.compute = torch.cuda.current_stream(torch_device)
             self.side = torch.cuda.Stream(device=torch_device)
-            self.copy = [torch.cuda.Stream(device=torch_device) for _ in range(engines)]
+            streams = [torch.cuda.Stream(device=torch_device) for _ in range(1 if serial_link else engines)]
+            self.copy = [streams[e % len(streams)] for e in range(engines)]
         else:
             self.compute = self.side = None
             self.copy = [None] * engines
@@ -585,6 +595,7 @@ class LiveModel:
         engines: int,
         device: torch.device,
         seed: int = 0,
+        serial_link: bool = False,
     ) -> None:
         import torch
 
@@ -592,7 +603,7 @@ class LiveModel:
 
         self.shape = shape
         self.torch = torch
-        self.dev = _Device(device, engines)
+        self.dev = _Device(device, engines, serial_link)
         self.batch = batch
         self.max_context = max_context
         dt = kernels.torch_dtype(shape)
@@ -698,15 +709,26 @@ def open_model(
     predictor: bool,
     engines: int,
     live: LiveOptions,
+    serial_link: bool = False,
 ) -> LiveModel:
-    """Plan memory, refuse with one line if it does not fit, then build the LiveModel."""
+    """Plan memory, refuse with one line if it does not fit, then build the LiveModel (``engines`` copy
+    engines, on one copy stream if ``serial_link``: the profile's ``copy.serial``)."""
     from traces.collect import resolve_device  # the one --device rule of every command (imports torch)
 
     device = resolve_device(live.device)
     plan = plan_memory(shape, slots, transfers, batch, max_context, predictor, live.host_budget_bytes)
     check_memory(plan, shape, _free_gpu_bytes(device), available_host_bytes())
     return LiveModel(
-        shape, plan.slots, plan.host_buffers, batch, max_context, predictor, engines, device, live.seed
+        shape,
+        plan.slots,
+        plan.host_buffers,
+        batch,
+        max_context,
+        predictor,
+        engines,
+        device,
+        live.seed,
+        serial_link,
     )
 
 

@@ -255,6 +255,7 @@ def _live_shape(
         predictor,
         hardware.copy.engines,
         live_options,
+        serial_link=hardware.copy.serial,
     )
     first_spec, first_fraction = points[0]
     burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))

@@ -113,3 +113,20 @@ def test_free_engines_still_take_pending_copies_best_first() -> None:
 
     assert dev.issued[-1] == (1, 2)
     assert queue.by_seq[3].state == PENDING
+
+
+def test_a_serial_link_puts_every_copy_engine_on_one_stream(monkeypatch) -> None:
+    """Copies on one stream run in commit order, the order the executor expects them to land in."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sim.live import _Device
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: object())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "compute stream")
+    gpu = SimpleNamespace(type="cuda")
+    serial = _Device(gpu, 3, serial_link=True)
+    assert len(serial.copy) == 3 and len({id(s) for s in serial.copy}) == 1
+    overlapping = _Device(gpu, 3)
+    assert len({id(s) for s in overlapping.copy}) == 3
