@@ -87,7 +87,7 @@ class Link:
         record_busy: bool = False,
     ) -> None:
         """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included);
-        ``record_busy``: keep the periods with a copy in flight, for ``copying_at``."""
+        ``record_busy``: keep the periods with a copy in flight, for ``copying_share``."""
         self.engines = engines
         self.serial = serial
         # FIFOs of copies; each holds at most ``engines`` of them, so plain lists serve (as quick as deques

@@ -2,12 +2,12 @@
 
 ``run_live`` replays a trace token by token with real tensors of a real model's shape: attention weights,
 KV caches, norms, routers, shared experts and dense MLPs resident on the GPU; routed experts in pinned host
-memory; a fixed number of GPU expert slots; host-to-device copies on one copy stream (``engines`` of
-them where the link lets copies overlap, see ``_Device``); compute
-on one stream with the kernels of ``sim.kernels``, each op (norm, attention, router, shared experts, a
-routed expert from its slot, a dense MLP) replayed from its own CUDA graph as serving engines decode, so
-a layer costs the host a few launches, not dozens (the eager executor of sessions 2-4 was host-bound at
-batch 1, and the lent VMs' host speed moved by up to 2x); the residual adds are single eager kernels.
+memory; a fixed number of GPU expert slots; host-to-device copies on one copy stream (on ``engines``
+streams where the link lets copies overlap, see ``_Device``); compute on one stream with the kernels of
+``sim.kernels``, each op (norm, attention, router, shared experts, a routed expert from its slot, a dense
+MLP) replayed from its own CUDA graph as serving engines decode, so a layer costs the host a few
+launches, not dozens (the eager executor of sessions 2-4 was host-bound at batch 1, and the lent VMs'
+host speed moved by up to 2x); the residual adds are single eager kernels.
 Which expert is fetched, into which slot, and what is a hit or a miss is decided by the very
 ``DecodeController`` (cache, eviction, policy) that the SimPy engine drives: this module only decides
 *when*, as the real hardware dictates. Routing and predictions come from the trace; the predictor and
