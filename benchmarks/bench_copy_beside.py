@@ -61,8 +61,8 @@ class Work:
         at.set(CONTEXT)
         self.attention = graphs.capture(lambda: out.copy_(kernels.attention(x, layer, shape, at, CONTEXT)))
         self.side = torch.cuda.Stream(device)
-        self.predict = kernels.GraphedCall(kernels.new_predictor(shape, device), x, side_graphs)
-        self.x = x
+        predictor = kernels.new_predictor(shape, device)
+        self.predict = side_graphs.capture(lambda: predictor(x))
 
     def expert_run(self, n: int) -> None:
         for i in range(n):
@@ -71,7 +71,7 @@ class Work:
     def predictor_beside(self) -> None:
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side):
-            self.predict(self.x)
+            self.predict()
 
     def gate_on_compute(self) -> torch.cuda.Event:
         """An event recorded on the compute stream behind a layer's worth of experts (the live executor

@@ -643,8 +643,9 @@ def measure_shape(watch: Stopwatch, shape: ModelShape, effort: Effort) -> ShapeT
             [lambda x=x, gate=gate: kernels.router_scores(x, gate, shape.top_k) for gate in gates]
         )
         points["add", b, 0] = lambda _i, x=x, y=y: x.add_(y)
-        graphed = [kernels.GraphedCall(p, x, graphs) for p in predictors]
-        points["predictor_gpu", b, 0] = lambda i, x=x, g=graphed: g[i % len(g)](x)
+        # over its input in place, as the live executor replays it
+        graphed = [graphs.capture(lambda p=p, x=x: p(x)) for p in predictors]
+        points["predictor_gpu", b, 0] = lambda i, g=graphed: g[i % len(g)]()
     ffns = {"expert": shape.expert_intermediate_size}
     if shape.num_shared_experts:
         ffns["shared"] = shape.shared_intermediate_size
@@ -731,12 +732,12 @@ def measure_predictor_share(
 
     torch = watch.torch
     side = torch.cuda.Stream(watch.device)
-    call = kernels.GraphedCall(predictor, x, kernels.GraphPool(watch.device))  # own pool: runs beside
+    call = kernels.GraphPool(watch.device).capture(lambda: predictor(x))  # own pool: runs beside
 
     def beside(i: int) -> None:
         side.wait_stream(torch.cuda.current_stream(watch.device))
         with torch.cuda.stream(side):
-            call(x)
+            call()
         attention(i)
 
     (alone_s, with_s), _ = watch.queued_all([attention, beside])

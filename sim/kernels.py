@@ -235,26 +235,3 @@ class _Replay:
 
     def __call__(self) -> None:
         self.graph.replay()
-
-
-class GraphedCall:
-    """``fn(x)`` for inputs shaped like ``example``, replayed from one CUDA graph of ``graphs`` (the
-    input is copied into a static tensor first); for other input shapes ``fn`` is called directly.
-    The output tensor is reused by every call."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor, graphs: GraphPool) -> None:
-        self.fn = fn
-        self.static_in = example.clone()
-        self.static_out: Any = None
-
-        def call() -> None:
-            self.static_out = fn(self.static_in)
-
-        self.replay = graphs.capture(call)
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        if x.shape != self.static_in.shape:
-            return self.fn(x)
-        self.static_in.copy_(x)
-        self.replay()
-        return self.static_out

@@ -87,6 +87,8 @@ GIB = 1 << 30
 GPU_MARGIN_BYTES = GIB
 #: host memory left to the rest of the machine when pinning expert buffers
 HOST_MARGIN_BYTES = 4 * GIB
+#: where the live executor may run the predictor kernel (LiveOptions.predictor_stream)
+PREDICTOR_STREAMS = ("side", "compute", "none")
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,22 @@ class LiveOptions:
     ``host_budget_bytes``: pinned host memory for routed experts; beyond it, (layer, expert) pairs share
     host buffers modulo the buffer count (copies stay real copies of ``bytes_per_expert`` bytes);
     ``warmup_steps``: steps decoded once before the measured run (GPU warm-up; decisions then restart);
-    ``seed``: random weights.
+    ``seed``: random weights;
+    ``predictor_stream``: where the predictor kernel runs: "side" (a stream of its own beside the compute
+    stream, as a deployment would run it), "compute" (in line, before the attention) or "none" (not at
+    all: predicted copies start at the layer start or the router; the decisions, which come from the
+    trace, are the same), to measure what running the predictor costs a decode.
     """
 
     device: str = "auto"
     host_budget_bytes: int = 8 * GIB
     warmup_steps: int = 2
     seed: int = 0
+    predictor_stream: str = "side"
+
+    def __post_init__(self) -> None:
+        if self.predictor_stream not in PREDICTOR_STREAMS:
+            raise ValueError(f"predictor_stream must be one of {', '.join(PREDICTOR_STREAMS)}")
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -696,8 +707,8 @@ class LiveModel:
         predictors = (
             [kernels.new_predictor(shape, self.dev.device) for _ in shape.moe_layers] if predictor else []
         )
-        # the predictor replays from a CUDA graph (one launch), as calibration times it
-        self.predict = [kernels.GraphedCall(p, xn, side) for p in predictors]
+        # over the attention input in place (a deployed predictor reads the hidden state where it lies)
+        self.predict = [op(lambda n, p=p: p(xn[:n]), side) for p in predictors]
 
 
 def open_model(
@@ -788,9 +799,11 @@ def run_live(
     with torch.inference_mode(), _no_garbage_collection():
         if live.warmup_steps:
             warm = DecodeController(workload, make_policy(policy, trace.top_k), cache, estimates)
-            _Decode(model, warm, options, 0, live.warmup_steps).run()
+            _Decode(model, warm, options, 0, live.warmup_steps, live.predictor_stream).run()
         controller = DecodeController(workload, policy_obj, cache, estimates)
-        decode = _Decode(model, controller, options, options.timeline_steps, workload.num_steps)
+        decode = _Decode(
+            model, controller, options, options.timeline_steps, workload.num_steps, live.predictor_stream
+        )
         loop_started = time.perf_counter()
         step_latency, stall = decode.run()
         host_loop_s = time.perf_counter() - loop_started
@@ -867,8 +880,10 @@ class _Decode:
         options: SimOptions,
         timeline_steps: int,
         num_steps: int,
+        predictor_stream: str = "side",
     ) -> None:
         self.model = model
+        self.predictor_stream = predictor_stream
         self.controller = controller
         self.num_steps = min(num_steps, controller.workload.num_steps)
         self.dev = model.dev
@@ -897,7 +912,7 @@ class _Decode:
         num_moe = shape.num_moe_layers
         submit, pump, timeline = queue.submit, queue.pump, self.timeline
         marker = dev.marker
-        x, xn, attn_out, out = model.x, model.xn, model.attn_out, model.out
+        x, attn_out, out = model.x, model.attn_out, model.out
         gen = torch.Generator(device=dev.device).manual_seed(1)
         x.copy_(torch.randn(x.shape, generator=gen, device=dev.device) * 0.1)
         boundaries = [marker(timing=True)]
@@ -943,15 +958,7 @@ class _Decode:
                 if tl:
                     timeline.op("compute", "norm", t0, ls.marker, j)
                 if issue_point == LAYER_START:
-                    pred = ls
-                    if mlp:
-                        dev.wait(dev.side, ls.marker)
-                        dev.use(dev.side)
-                        model.predict[j](xn[:n])
-                        pred = _Gate(marker(dev.side, timing=tl))
-                        dev.use(dev.compute)
-                        if tl:
-                            timeline.op("predictor", "predict", ls.marker, pred.marker, j)
+                    pred = self._predict(model.predict[j], n, ls, j) if mlp else ls
                     requests = controller.prediction_ready(j)
                     if requests:
                         submit(requests, pred)
@@ -974,13 +981,7 @@ class _Decode:
                 if decision.prefetches:
                     submit(decision.prefetches, rt)
                 if issue_point == ROUTER and j + 1 < num_moe:
-                    pred = rt
-                    if gate_pred:
-                        dev.wait(dev.side, rt.marker)
-                        dev.use(dev.side)
-                        model.gate_predict[j + 1](n)
-                        pred = _Gate(marker(dev.side))
-                        dev.use(dev.compute)
+                    pred = self._predict(model.gate_predict[j + 1], n, rt, j + 1) if gate_pred else rt
                     requests = controller.prediction_ready(j + 1)
                     if requests:
                         submit(requests, pred)
@@ -1012,6 +1013,25 @@ class _Decode:
             [sum(el(a, b) for a, b in w) if measured else float("nan") for w in self.waits], dtype=np.float64
         )
         return steps, stall
+
+    def _predict(self, predictor: _Op, n: int, after: _Gate, j: int) -> _Gate:
+        """Launch ``predictor`` (for MoE layer ``j``) once the compute stream passed ``after``, on the
+        stream ``predictor_stream`` names; returns the gate its predicted copies wait for."""
+        if self.predictor_stream == "none":
+            return after
+        dev, tl = self.dev, self.timeline.on
+        side = self.predictor_stream == "side"
+        stream = dev.side if side else dev.compute
+        if side:
+            dev.wait(stream, after.marker)
+            dev.use(stream)
+        predictor(n)
+        done = _Gate(dev.marker(stream, timing=tl))
+        if side:
+            dev.use(dev.compute)
+        if tl:
+            self.timeline.op("predictor", "predict", after.marker, done.marker, j)
+        return done
 
     def _waiting_experts(self, decision: Any, j: int) -> None:
         """Experts whose copies have not landed, in landing order, each behind a wait for its copy."""

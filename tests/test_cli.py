@@ -51,3 +51,12 @@ def test_unknown_subcommand_exits_with_usage_error() -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["no-such-command"])
     assert exit_info.value.code == 2
+
+
+def test_validate_offers_exactly_the_live_executors_predictor_streams() -> None:
+    from sim.live import PREDICTOR_STREAMS
+
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    (option,) = (a for a in sub.choices["validate"]._actions if a.dest == "predictor_stream")
+    assert tuple(option.choices) == PREDICTOR_STREAMS and option.default == PREDICTOR_STREAMS[0]

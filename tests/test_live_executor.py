@@ -150,3 +150,29 @@ def test_the_host_time_breakdown_is_reported_and_adds_up(model, trace) -> None:
     assert c["host_issue_us"] + c["host_landing_us"] <= c["host_loop_us"]
     assert 0 <= c["host_issue_in_wait_us"] <= c["host_issue_us"]
     assert c["copies_committed_early"] == 0  # on the CPU every copy lands when issued
+
+
+@pytest.mark.parametrize("policy", ["pre-attention", "cross-layer"])
+def test_the_predictor_runs_where_asked_and_never_changes_a_decision(trace, model, policy: str) -> None:
+    def run(stream: str):
+        options = live.LiveOptions(device="cpu", predictor_stream=stream)
+        return live.run_live(
+            model,
+            trace,
+            load_profile("h200"),
+            CacheConfig(fraction=0.25),
+            PolicySpec(policy),
+            SimOptions(timeline_steps=2),
+            options,
+        )
+
+    runs = {stream: run(stream) for stream in live.PREDICTOR_STREAMS}
+    predicted = {s: sum(i[1] == "predict" for i in r.timeline) for s, r in runs.items()}
+    assert predicted["side"] > 0 and predicted["compute"] == predicted["side"] and predicted["none"] == 0
+    rows = [r.summary_row() for r in runs.values()]
+    assert all({k: row[k] for k in LOGICAL} == {k: rows[0][k] for k in LOGICAL} for row in rows)
+
+
+def test_an_unknown_predictor_stream_is_refused() -> None:
+    with pytest.raises(ValueError, match="predictor_stream"):
+        live.LiveOptions(predictor_stream="cpu")
