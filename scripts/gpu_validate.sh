@@ -7,9 +7,7 @@
 #
 # Environment: OUT (default ./gpu-out), SHAPES (the grid's shapes to calibrate and run, default all),
 # CALIBRATE_SHAPES (the shapes to calibrate, default SHAPES: a profile may cover more shapes than run),
-# HOST_BUDGET_GIB (pinned host memory for routed experts, default 8), PREDICTOR_STREAMS (where the live
-# executor runs the predictor, default "side"; several run the grid once each, the first into
-# validation/, the others into validation_<stream>/). simpy is not installed on the GPU
+# HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
 # The live executor replays its ops from CUDA graphs (since session 5), but its host still decides and
@@ -57,13 +55,8 @@ PIN=()
     "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
         --out "$OUT/h200.toml" --raw "$OUT/calibration.json" --host-gate-timeout "${HOST_GATE_S:-30}"
     echo "calibration took ${SECONDS}s"
-    out=validation
-    for stream in ${PREDICTOR_STREAMS:-side}; do
-        SECONDS=0
-        "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" \
-            --out "$OUT/${out:-validation_$stream}" "${grid_shapes[@]}" --host-budget-gib "$HOST_BUDGET_GIB" \
-            --live-only --predictor-stream "$stream"
-        echo "validation ($stream predictor) took ${SECONDS}s"
-        out=""
-    done
+    SECONDS=0
+    "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
+        "${grid_shapes[@]}" --host-budget-gib "$HOST_BUDGET_GIB" --live-only
+    echo "validation took ${SECONDS}s"
 } 2>&1 | tee "$OUT/log.txt"

@@ -29,7 +29,8 @@ from traces.trace import Trace
 SIM_MODEL_VERSION = 1
 
 HOST_MEMORY = ("pinned", "pageable")
-PREDICTOR_DEVICES = ("gpu", "cpu")
+#: where the predictor runs (SimOptions.predictor_device)
+PREDICTOR_DEVICES = ("gpu", "gpu-side", "cpu")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,15 @@ class SimOptions:
 
     - ``batch_size``, ``prompt_tokens``, ``prefill_chunk``: how trace tokens form steps (sim.workload);
     - ``host_memory``: where experts live on the host, "pinned" or "pageable";
-    - ``predictor_device``: where the paper's predictor MLP runs, "gpu" (side stream) or "cpu";
-    - ``predictor_s``: fixed prediction time overriding the profile (None: from the profile);
+    - ``predictor_device``: where the predictor runs: "gpu" (in line on the compute stream, before the
+      attention or right after the router: the compute stream pays its whole time), "gpu-side" (a
+      stream of its own beside the compute stream, which loses the calibrated ``predictor_share`` of
+      its time) or "cpu" (the paper's MLP on the host, the router decision waits for it; a cross-layer
+      gate predictor stays on the GPU, in line). "gpu" is the default: on the H200 a side-stream
+      predictor made every expert copy about 3% slower and the decode 4-5% slower than in line
+      (reports/validation/session7/);
+    - ``predictor_s``: fixed prediction time overriding the profile (None: from the profile; the live
+      executor takes only 0, a predictor that costs nothing: it runs no predictor kernel);
     - ``compute_scale``: multiplies every compute op (a faster or slower GPU); copies are unchanged;
     - ``step_overhead_s``: per-step time outside the decoder layers (embedding, LM head, sampling);
     - ``warmup_steps``: leading steps left out of the latency summary (the cache starts empty);
@@ -64,7 +72,8 @@ class SimOptions:
         if self.host_memory not in HOST_MEMORY:
             raise ValueError(f"host_memory must be one of {', '.join(HOST_MEMORY)}, got '{self.host_memory}'")
         if self.predictor_device not in PREDICTOR_DEVICES:
-            raise ValueError(f"predictor_device must be gpu or cpu, got '{self.predictor_device}'")
+            devices = ", ".join(PREDICTOR_DEVICES)
+            raise ValueError(f"predictor_device must be one of {devices}, got '{self.predictor_device}'")
         if self.predictor_s is not None and self.predictor_s < 0:
             raise ValueError(f"predictor_s must be >= 0, got {self.predictor_s}")
         if self.compute_scale <= 0:

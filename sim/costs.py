@@ -204,8 +204,8 @@ class CostModel:
         return _curve_at(curve, tokens, context_total) * self.scale
 
     def _predictor_s(self, kind: str | None, tokens: int, device: str = "gpu") -> float:
-        """Time of one prediction for ``tokens`` tokens: "mlp" (the paper's d->2048->E MLP, on the GPU side
-        stream or the CPU), "gate" (one router-sized matmul), None (free)."""
+        """Time of one prediction for ``tokens`` tokens: "mlp" (the paper's d->2048->E MLP, on ``device``:
+        "gpu", "gpu-side" or "cpu"), "gate" (one router-sized matmul on the GPU), None (free)."""
         if kind is None:
             return 0.0
         if kind == "gate":
@@ -219,8 +219,8 @@ class CostModel:
             if curve is not None:
                 return curve.at(tokens)
             return CPU_CALL_OVERHEAD_S + flops / (self.hardware.compute.cpu_gflops * 1e9)
-        if device != "gpu":
-            raise ValueError(f"predictor device must be gpu or cpu, got '{device}'")
+        if device not in ("gpu", "gpu-side"):
+            raise ValueError(f"predictor device must be gpu, gpu-side or cpu, got '{device}'")
         return self._op("predictor_gpu", tokens)
 
     def host_layer_s(self, tokens: int) -> float:
@@ -235,9 +235,13 @@ class CostModel:
         curve = self._curves["gpu_layer"]
         return curve.at(tokens) * self.scale if curve is not None else 0.0
 
-    def predictor_share(self) -> float:
-        """The share of a GPU predictor's time on its side stream that the compute stream loses while it
-        runs beside, as calibration measured it; 0 without a measurement (the streams overlap freely)."""
+    def predictor_share(self, device: str = "gpu") -> float:
+        """The share of a GPU predictor's time that the compute stream loses: all of it in line ("gpu";
+        also a cross-layer gate predictor's when the MLP runs on the "cpu"); on a side stream
+        ("gpu-side") the share calibration measured with it running beside, 0 without a measurement
+        (the streams overlap freely)."""
+        if device != "gpu-side":
+            return 1.0
         curve = self._curves["predictor_share"]
         return curve.at(1) if curve is not None else 0.0
 

@@ -11,7 +11,7 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
     host: [wait: GPU past the router of two MoE layers back] norm | attention add norm router + host_layer
           | router decision: issue copies | launch shared, hit experts, waiting experts (landing order), add
     GPU:   norm | attention add norm router (R) | shared, experts (each: launched, and its copy landed) | add
-           ^ layer start marker: pre-attention predictor on a side stream (or on the CPU)
+           ^ layer start marker: pre-attention predictor (in line, on a side stream or on the CPU)
 
 - Each op has a launch time (sim.costs.launch_s: the host's; the op time where not measured apart) and a
   GPU time (sim.costs.gpu_s). A GPU op ends at ``max(previous GPU end + its GPU time, the end of its
@@ -20,10 +20,11 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   1); when the launches are short (ops replayed from CUDA graphs) it is the GPU's; when copies stall the
   GPU, the host runs on and launches the next layer's ops meanwhile, up to the live executor's limit: at
   a MoE layer's start it waits until the GPU has passed the router of two MoE layers back.
-- A GPU predictor runs on a side stream, but the compute stream loses the calibrated share of its time
-  (``predictor_share``; session 6's live timelines showed a Qwen3 layer's attention 21 us slower with
-  the pre-attention predictor beside it): the pre-attention predictor's share delays the router, the
-  cross-layer predictor's the next MoE block.
+- A GPU predictor runs in line on the compute stream (the default) or on a side stream, where the compute
+  stream still loses the calibrated share of its time (``predictor_share``; session 6's live timelines
+  showed a Qwen3 layer's attention 21 us slower with the pre-attention predictor beside it): the
+  pre-attention predictor's time (or share) delays the router, the cross-layer predictor's the MoE
+  block after its router. Predicted copies start when the prediction is ready.
 - Copies in flight slow the GPU's own work (session 5 on the H200: a routed expert 20.8 us alone, 26.4 us
   beside a copy). Where the profile measured it (``<op>_copying`` curves), the GPU time of a layer's
   attention group (attention, add, norm, router), of its shared experts, of its routed experts (each,
@@ -134,15 +135,16 @@ def run_engine(
     step_overhead_s: float,
     timeline_steps: int = 0,
     max_timeline_intervals: int = 100_000,
-    predictor_on_host: bool = False,
+    predictor_device: str = "gpu",
 ) -> EngineOutput:
     """Simulate every step of ``controller``'s workload. ``predictor_s``: time from a layer's start to
-    its pre-attention prediction (0 for policies without predictor; on a GPU side stream, or on the CPU
-    when ``predictor_on_host``, where the router decision waits for it); ``gate_predictor_s``: time
-    from a router to the cross-layer prediction of the next layer (a GPU side stream)."""
+    its pre-attention prediction (0 for policies without predictor; on the GPU, in line or beside the
+    compute stream, or on the CPU, where the router decision waits for it: ``predictor_device``);
+    ``gate_predictor_s``: time from a router to the cross-layer prediction of the next layer (on the
+    GPU, beside the compute stream only for "gpu-side")."""
     env = simpy.Environment()
     state = _Run(
-        controller, costs, link, shape, predictor_s, gate_predictor_s, step_overhead_s, predictor_on_host
+        controller, costs, link, shape, predictor_s, gate_predictor_s, step_overhead_s, predictor_device
     )
     state.timeline = _Timeline(timeline_steps, max_timeline_intervals)
     recording = state.timeline.on
@@ -178,7 +180,7 @@ class _Run:
         predictor_s: float,
         gate_predictor_s: float,
         step_overhead_s: float,
-        predictor_on_host: bool,
+        predictor_device: str,
     ) -> None:
         self.controller = controller
         self.costs = costs
@@ -187,7 +189,7 @@ class _Run:
         self.predictor_s = predictor_s
         self.gate_predictor_s = gate_predictor_s
         self.step_overhead_s = step_overhead_s
-        self.predictor_on_host = predictor_on_host
+        self.predictor_device = predictor_device
         self.t_compute = 0.0  # end of the last step on the GPU
         self.step_latency: list[float] = []
         self.stall = [0.0] * controller.num_layers
@@ -314,11 +316,11 @@ class _Run:
         issue_point = controller.policy.issue_point
         pre_attention = issue_point == LAYER_START
         cross_layer = issue_point == ROUTER
-        on_host = self.predictor_on_host
+        on_host = self.predictor_device == "cpu"
         num_moe = controller.num_layers
         predictor_s, gate_s = self.predictor_s, self.gate_predictor_s
-        # the compute stream's loss to a GPU predictor running beside it on the side stream
-        share = costs.predictor_share()
+        # the compute stream's loss to a GPU predictor: all of its time in line, a share beside
+        share = costs.predictor_share(self.predictor_device)
         pre_loss = share * predictor_s if pre_attention and not on_host else 0.0
         cross_loss = share * gate_s if cross_layer else 0.0
         # (methods of the link and the controller are called through their objects, not bound to locals:

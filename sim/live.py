@@ -87,8 +87,6 @@ GIB = 1 << 30
 GPU_MARGIN_BYTES = GIB
 #: host memory left to the rest of the machine when pinning expert buffers
 HOST_MARGIN_BYTES = 4 * GIB
-#: where the live executor may run the predictor kernel (LiveOptions.predictor_stream)
-PREDICTOR_STREAMS = ("side", "compute", "none")
 
 
 @dataclass(frozen=True)
@@ -99,22 +97,13 @@ class LiveOptions:
     ``host_budget_bytes``: pinned host memory for routed experts; beyond it, (layer, expert) pairs share
     host buffers modulo the buffer count (copies stay real copies of ``bytes_per_expert`` bytes);
     ``warmup_steps``: steps decoded once before the measured run (GPU warm-up; decisions then restart);
-    ``seed``: random weights;
-    ``predictor_stream``: where the predictor kernel runs: "side" (a stream of its own beside the compute
-    stream, as a deployment would run it), "compute" (in line, before the attention) or "none" (not at
-    all: predicted copies start at the layer start or the router; the decisions, which come from the
-    trace, are the same), to measure what running the predictor costs a decode.
+    ``seed``: random weights.
     """
 
     device: str = "auto"
     host_budget_bytes: int = 8 * GIB
     warmup_steps: int = 2
     seed: int = 0
-    predictor_stream: str = "side"
-
-    def __post_init__(self) -> None:
-        if self.predictor_stream not in PREDICTOR_STREAMS:
-            raise ValueError(f"predictor_stream must be one of {', '.join(PREDICTOR_STREAMS)}")
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -760,8 +749,12 @@ def prepare(
     """Workload, policy object and the number of slots the run uses (a clockless dry run of the
     decisions: in no-cache mode the staging slots in use at once)."""
     check_compatible(trace, shape)
-    if options.predictor_device != "gpu":
+    if options.predictor_device == "cpu":
         raise InputError(policy.label(), "the live executor runs predictors on the GPU only")
+    if options.predictor_s not in (None, 0.0):
+        raise InputError(
+            policy.label(), "the live executor runs the real predictor: predictor_s may only be 0 (none runs)"
+        )
     if options.host_memory != "pinned":
         raise InputError(policy.label(), "the live executor copies from pinned host memory only")
     policy_obj = make_policy(policy, trace.top_k)
@@ -799,11 +792,9 @@ def run_live(
     with torch.inference_mode(), _no_garbage_collection():
         if live.warmup_steps:
             warm = DecodeController(workload, make_policy(policy, trace.top_k), cache, estimates)
-            _Decode(model, warm, options, 0, live.warmup_steps, live.predictor_stream).run()
+            _Decode(model, warm, options, 0, live.warmup_steps).run()
         controller = DecodeController(workload, policy_obj, cache, estimates)
-        decode = _Decode(
-            model, controller, options, options.timeline_steps, workload.num_steps, live.predictor_stream
-        )
+        decode = _Decode(model, controller, options, options.timeline_steps, workload.num_steps)
         loop_started = time.perf_counter()
         step_latency, stall = decode.run()
         host_loop_s = time.perf_counter() - loop_started
@@ -880,10 +871,16 @@ class _Decode:
         options: SimOptions,
         timeline_steps: int,
         num_steps: int,
-        predictor_stream: str = "side",
     ) -> None:
         self.model = model
-        self.predictor_stream = predictor_stream
+        #: where the predictor kernel runs: the side stream, the compute stream, or nowhere (free)
+        self.predictor_stream = (
+            "none"
+            if options.predictor_s == 0.0
+            else "side"
+            if options.predictor_device == "gpu-side"
+            else "compute"
+        )
         self.controller = controller
         self.num_steps = min(num_steps, controller.workload.num_steps)
         self.dev = model.dev
@@ -1015,8 +1012,9 @@ class _Decode:
         return steps, stall
 
     def _predict(self, predictor: _Op, n: int, after: _Gate, j: int) -> _Gate:
-        """Launch ``predictor`` (for MoE layer ``j``) once the compute stream passed ``after``, on the
-        stream ``predictor_stream`` names; returns the gate its predicted copies wait for."""
+        """Launch ``predictor`` (for MoE layer ``j``) once the compute stream passed ``after``, in line on
+        the compute stream or beside it on the side stream (``SimOptions.predictor_device``), or not at
+        all (``predictor_s`` = 0); returns the gate its predicted copies wait for."""
         if self.predictor_stream == "none":
             return after
         dev, tl = self.dev, self.timeline.on

@@ -117,7 +117,7 @@ def simulate(
         step_overhead_s=options.step_overhead_s,
         timeline_steps=options.timeline_steps,
         max_timeline_intervals=options.max_timeline_intervals,
-        predictor_on_host=options.predictor_device == "cpu",
+        predictor_device=options.predictor_device,
     )
     c = out.counters
     counters = {

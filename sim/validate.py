@@ -11,6 +11,7 @@ drives it::
     warmup_steps = 4          # leading steps left out of both summaries (cold cache, GPU warm-up)
     timeline_steps = 0
     passes = 3                # live passes, alternately forward and backward (per-token median)
+    predictor_device = "gpu"  # the predictor in line ("gpu") or beside the compute stream ("gpu-side")
 
     [[validate.shapes]]
     shape = "qwen3-30b-a3b"   # a known shape key or an HF config.json
@@ -92,9 +93,16 @@ class Grid:
     passes: int = 2
     #: > 0: before each live run, wait up to this long for the host core's fast level (sim.host_speed)
     host_gate_timeout_s: float = 0.0
+    #: where the predictor runs, in both clocks (SimOptions.predictor_device; the live executor has no CPU
+    #: predictor)
+    predictor_device: str = "gpu"
 
     def options(self) -> SimOptions:
-        return SimOptions(warmup_steps=self.warmup_steps, timeline_steps=self.timeline_steps)
+        return SimOptions(
+            warmup_steps=self.warmup_steps,
+            timeline_steps=self.timeline_steps,
+            predictor_device=self.predictor_device,
+        )
 
     def cache(self, fraction: float) -> CacheConfig:
         return CacheConfig(fraction=fraction, eviction=self.eviction)
@@ -122,6 +130,10 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
         raise InputError(path, f"host_gate_timeout_s must be >= 0, got {grid.host_gate_timeout_s}")
     if not grid.shapes:
         raise InputError(path, "the grid names no shapes")
+    try:
+        grid.options()
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
     return grid
 
 

@@ -215,7 +215,9 @@ def test_times_beside_copies_and_the_predictor_share_become_what_the_cost_model_
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
     timings = result.shapes[TINY.name]
     assert timings.copying_s == {} and timings.predictor_share is None  # GPU-only measurements
-    assert CostModel(TINY, cal.to_profile(result, [TINY])).predictor_share() == 0.0
+    unmeasured = CostModel(TINY, cal.to_profile(result, [TINY]))
+    assert unmeasured.predictor_share("gpu-side") == 0.0  # beside: overlaps freely unless measured
+    assert unmeasured.predictor_share("gpu") == 1.0  # in line: the compute stream pays all of it
     timings.gpu_s = {"expert": [t / 4 for t in timings.expert_s]}
     timings.copying_s = {"expert": [t / 2 for t in timings.expert_s]}
     timings.predictor_share = 0.4
@@ -223,7 +225,7 @@ def test_times_beside_copies_and_the_predictor_share_become_what_the_cost_model_
     assert costs.slowed_by_copies
     assert costs.gpu_copying_s("expert", 1) == pytest.approx(2 * costs.gpu_s("expert", 1))
     assert costs.gpu_copying_s("norm", 1) == costs.gpu_s("norm", 1)  # no curve: as fast as alone
-    assert costs.predictor_share() == 0.4
+    assert costs.predictor_share("gpu-side") == 0.4 and costs.predictor_share("gpu") == 1.0
     again = cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.shapes[TINY.name].copying_s == timings.copying_s
     assert again.shapes[TINY.name].predictor_share == 0.4

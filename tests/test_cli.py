@@ -53,10 +53,9 @@ def test_unknown_subcommand_exits_with_usage_error() -> None:
     assert exit_info.value.code == 2
 
 
-def test_validate_offers_exactly_the_live_executors_predictor_streams() -> None:
-    from sim.live import PREDICTOR_STREAMS
+def test_simulate_offers_every_predictor_device_the_simulator_knows() -> None:
+    from sim.config import PREDICTOR_DEVICES
 
-    parser = build_parser()
-    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    (option,) = (a for a in sub.choices["validate"]._actions if a.dest == "predictor_stream")
-    assert tuple(option.choices) == PREDICTOR_STREAMS and option.default == PREDICTOR_STREAMS[0]
+    (sub,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    (option,) = (a for a in sub.choices["simulate"]._actions if a.dest == "predictor_device")
+    assert tuple(option.choices) == PREDICTOR_DEVICES and option.default == PREDICTOR_DEVICES[0]

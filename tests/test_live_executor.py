@@ -119,6 +119,14 @@ def test_the_live_executor_refuses_what_it_cannot_run(trace, model) -> None:
             CacheConfig(fraction=0.25),
             SimOptions(predictor_device="cpu"),
         )
+    with pytest.raises(InputError, match="predictor_s may only be 0"):
+        live.prepare(
+            trace,
+            SHAPE,
+            PolicySpec("pre-attention"),
+            CacheConfig(fraction=0.25),
+            SimOptions(predictor_s=1e-4),
+        )
     with pytest.raises(InputError, match="pinned"):
         live.prepare(
             trace,
@@ -154,25 +162,20 @@ def test_the_host_time_breakdown_is_reported_and_adds_up(model, trace) -> None:
 
 @pytest.mark.parametrize("policy", ["pre-attention", "cross-layer"])
 def test_the_predictor_runs_where_asked_and_never_changes_a_decision(trace, model, policy: str) -> None:
-    def run(stream: str):
-        options = live.LiveOptions(device="cpu", predictor_stream=stream)
+    def run(device: str, predictor_s: float | None = None):
+        options = SimOptions(timeline_steps=2, predictor_device=device, predictor_s=predictor_s)
         return live.run_live(
             model,
             trace,
             load_profile("h200"),
             CacheConfig(fraction=0.25),
             PolicySpec(policy),
-            SimOptions(timeline_steps=2),
             options,
+            live.LiveOptions(device="cpu"),
         )
 
-    runs = {stream: run(stream) for stream in live.PREDICTOR_STREAMS}
-    predicted = {s: sum(i[1] == "predict" for i in r.timeline) for s, r in runs.items()}
-    assert predicted["side"] > 0 and predicted["compute"] == predicted["side"] and predicted["none"] == 0
+    runs = {"inline": run("gpu"), "side": run("gpu-side"), "none": run("gpu", 0.0)}
+    predicted = {name: sum(i[1] == "predict" for i in r.timeline) for name, r in runs.items()}
+    assert predicted["inline"] > 0 and predicted["side"] == predicted["inline"] and predicted["none"] == 0
     rows = [r.summary_row() for r in runs.values()]
     assert all({k: row[k] for k in LOGICAL} == {k: rows[0][k] for k in LOGICAL} for row in rows)
-
-
-def test_an_unknown_predictor_stream_is_refused() -> None:
-    with pytest.raises(ValueError, match="predictor_stream"):
-        live.LiveOptions(predictor_stream="cpu")

@@ -167,6 +167,7 @@ def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
         ("passes = 0", "passes must be >= 1"),
         ("host_gate_timeout_s = -1", "host_gate_timeout_s must be >= 0"),
         ("shape_passes = 0", "passes must be >= 1"),
+        ('predictor_device = "tpu"', "predictor_device must be one of gpu, gpu-side, cpu"),
     ],
 )
 def test_a_grid_setting_out_of_range_is_refused_with_the_file_named(tmp_path, setting, message) -> None:

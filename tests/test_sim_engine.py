@@ -324,18 +324,24 @@ def _with_curves(hardware, shape, curves: dict[str, float]):
     return dataclasses.replace(hardware, compute=dataclasses.replace(hardware.compute, curves=extra))
 
 
-def test_a_predictor_beside_the_compute_stream_delays_it_by_its_measured_share() -> None:
+@pytest.mark.parametrize(("device", "share"), [("gpu-side", 0.5), ("gpu", 1.0)])
+def test_a_gpu_predictor_delays_the_compute_stream_by_its_share_beside_and_all_of_it_in_line(
+    device: str, share: float
+) -> None:
     shape = tiny_shape(num_moe_layers=3)
     trace = tiny_trace(shape, accuracy=1.0)
-    options = SimOptions(predictor_s=50e-6)
     cache, policy = CacheConfig(fraction=1.0), PolicySpec("pre-attention")  # every expert fits
     gpu_bound = {"expert": 2e-4, "expert_gpu": 2e-4, "expert_host": 1e-6}  # graphed: the GPU sets the pace
     host = tiny_hardware(launch_overhead_s=1e-9)  # launches never hold the GPU back
-    free = simulate(trace, shape, _with_curves(host, shape, gpu_bound), cache, policy, options)
-    shared = _with_curves(host, shape, gpu_bound | {"predictor_share": 0.5})
-    half = simulate(trace, shape, shared, cache, policy, options)
-    per_step = half.step_latency_s - free.step_latency_s
-    loss = 0.5 * 50e-6 * shape.num_moe_layers
+
+    def run(device: str, curves: dict[str, float]):
+        options = SimOptions(predictor_s=50e-6, predictor_device=device)
+        return simulate(trace, shape, _with_curves(host, shape, curves), cache, policy, options)
+
+    free = run("gpu-side", gpu_bound)  # beside, without a measured share: the streams overlap freely
+    measured = run(device, gpu_bound | {"predictor_share": 0.5})
+    per_step = measured.step_latency_s - free.step_latency_s
+    loss = share * 50e-6 * shape.num_moe_layers
     # every step loses the share in each MoE layer, but for the first steps' cold misses, whose copies
     # the GPU waits for anyway
     assert np.median(per_step) == pytest.approx(loss)

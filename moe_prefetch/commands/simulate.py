@@ -91,7 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where experts live on the host",
     )
     parser.add_argument(
-        "--predictor-device", default="gpu", choices=("gpu", "cpu"), help="where the predictor MLP runs"
+        "--predictor-device",
+        default="gpu",
+        choices=("gpu", "gpu-side", "cpu"),  # sim.config.PREDICTOR_DEVICES
+        help="where the predictor runs: on the GPU in line (default; its whole time on the compute "
+        "stream), on a GPU side stream (a calibrated share of it), or the MLP on the CPU",
     )
     parser.add_argument(
         "--warmup-steps",

@@ -57,13 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=8.0,
         help="pinned host memory for routed experts; beyond it layers share host buffers (default 8)",
     )
-    parser.add_argument(
-        "--predictor-stream",
-        choices=("side", "compute", "none"),  # sim.live.PREDICTOR_STREAMS (kept light: no import)
-        default="side",
-        help="where the live executor runs the predictor kernel: beside the compute stream (default), in "
-        "line on it, or not at all (same decisions: measures what running the predictor costs)",
-    )
     parser.set_defaults(handler=_run)
 
 
@@ -88,19 +81,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from sim.live import LiveOptions
 
-        options = LiveOptions(
-            device=args.device,
-            host_budget_bytes=int(args.host_budget_gib * GIB),
-            predictor_stream=args.predictor_stream,
-        )
+        options = LiveOptions(device=args.device, host_budget_bytes=int(args.host_budget_gib * GIB))
         live = v.run_live_grid(
             grid, hardware, options, progress=say, on_shape_done=lambda rs: write_results(rs, live_path)
         )
         write_results(live, live_path)
-        live_meta = _live_environment(args.device) | {
-            "live_wall_s": time.perf_counter() - started,
-            "predictor_stream": args.predictor_stream,
-        }
+        live_meta = _live_environment(args.device) | {"live_wall_s": time.perf_counter() - started}
         say(f"live results written to {live_path}")
         if args.live_only:
             return 0
