@@ -110,31 +110,17 @@ def test_a_run_that_does_not_fit_is_refused_with_one_line_before_allocating() ->
         live.check_memory(plan, SHAPE, free_gpu_bytes=1 << 50, free_host_bytes=plan.pinned_bytes)
 
 
-def test_the_live_executor_refuses_what_it_cannot_run(trace, model) -> None:
-    with pytest.raises(InputError, match="GPU only"):
-        live.prepare(
-            trace,
-            SHAPE,
-            PolicySpec("pre-attention"),
-            CacheConfig(fraction=0.25),
-            SimOptions(predictor_device="cpu"),
-        )
-    with pytest.raises(InputError, match="predictor_s may only be 0"):
-        live.prepare(
-            trace,
-            SHAPE,
-            PolicySpec("pre-attention"),
-            CacheConfig(fraction=0.25),
-            SimOptions(predictor_s=1e-4),
-        )
-    with pytest.raises(InputError, match="pinned"):
-        live.prepare(
-            trace,
-            SHAPE,
-            PolicySpec("on-demand"),
-            CacheConfig(fraction=0.25),
-            SimOptions(host_memory="pageable"),
-        )
+@pytest.mark.parametrize(
+    ("policy", "options", "message"),
+    [
+        ("pre-attention", SimOptions(predictor_device="cpu"), "GPU only"),
+        ("pre-attention", SimOptions(predictor_s=1e-4), "predictor_s may only be 0"),
+        ("on-demand", SimOptions(host_memory="pageable"), "pinned"),
+    ],
+)
+def test_the_live_executor_refuses_what_it_cannot_run(trace, policy, options, message) -> None:
+    with pytest.raises(InputError, match=message):
+        live.prepare(trace, SHAPE, PolicySpec(policy), CacheConfig(fraction=0.25), options)
 
 
 def _on_demand_on_the_cpu(model, trace, options: SimOptions):
