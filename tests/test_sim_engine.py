@@ -379,7 +379,7 @@ def test_the_host_pays_for_a_copy_when_it_takes_an_engine_or_at_its_next_wait() 
         costs = CostModel(shape, tiny_hardware().with_copy(issue_s=issue_s))
         link = Link(engines=1, latency_s=0.0, transfer_s=copy_s, size_bytes=1000, capacity_bps=1e6)
         link.submit_all([Transfer(i, i, 0, i, i, 1, False, 0) for i in range(3)], 0.0)
-        return _Run(controller, costs, link, shape, 0.0, 0.0, 0.0, False)
+        return _Run(controller, costs, link, shape, 0.0, 0.0, 0.0, "gpu")
 
     cheap = host_of(1e-4)
     assert cheap.paid_starts(0.0) == pytest.approx(1e-4)  # one engine: one copy committed at once
