@@ -38,10 +38,14 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   submission that queues it, or while it polls. So the host pays for the copies that took an engine
   at each submission, and, for those that took one while it worked on, when it next waits (for the
   GPU at a layer's start or a step's end), where the cost hides in the wait it would spin through.
-- A copy starts no earlier than the GPU marker it is gated on and the host's issue of it: layer-start and
-  layer-end copies behind the compute stream at that point, router copies behind the router, predicted
-  copies behind the predictor. The controller learns which copies landed right before each router
-  decision (at the host's time: the only decision that reads them, hit versus late) and at the end.
+- The host submits every copy at its own time with a gate, the GPU marker it must not start before:
+  layer-start and layer-end copies behind the compute stream at that point, router copies behind the
+  router, predicted copies behind the predictor (sim.link: a shared link starts a copy once both have
+  passed; a serial link's next free engine goes to the most urgent copy submitted by then, which waits
+  there for its gate). The MoE block commits the copies it still waits for at once (a serial link's
+  FIFO then fixes their landings), as the live executor does. The controller learns which copies
+  landed right before each router decision (at the host's time: the only decision that reads them,
+  hit versus late) and at the end.
 - A step's latency is the GPU time from the previous step's end marker to this one's (recorded after
   the step's last launch), plus ``step_overhead_s``. The next step starts when the previous token is
   there: the host waits for the GPU at every step boundary.
@@ -60,7 +64,7 @@ import simpy
 from sim.cache import CacheConfig
 from sim.controller import HIT, LATE, DecisionCounters, DecodeController, RouterDecision
 from sim.costs import CostModel
-from sim.link import DONE, Link, Transfer
+from sim.link import LinkBase, Transfer
 from sim.policies import DEMAND, LAYER_START, ROUTER, Policy, TimingEstimates
 from sim.workload import Workload
 from traces.schema import ModelShape
@@ -128,7 +132,7 @@ class _Timeline:
 def run_engine(
     controller: DecodeController[Transfer],
     costs: CostModel,
-    link: Link,
+    link: LinkBase,
     shape: ModelShape,
     predictor_s: float,
     gate_predictor_s: float,
@@ -175,7 +179,7 @@ class _Run:
         self,
         controller: DecodeController[Transfer],
         costs: CostModel,
-        link: Link,
+        link: LinkBase,
         shape: ModelShape,
         predictor_s: float,
         gate_predictor_s: float,
@@ -270,13 +274,15 @@ class _Run:
             copying = [costs.gpu_copying_s("expert", x, 0) for x in decision.tokens]
         waiting: list[tuple[float, int]] = []
         if decision.late or decision.demands:
+            # the host commits the copies it still waits for now (a serial link's FIFO then fixes their
+            # landings); on a shared link no copy starts before this block ends, so running it on to
+            # each landing is exact
+            link.commit_all([*decision.late, *decision.demands], h)
             late_iter, demand_iter = iter(decision.late), iter(decision.demands)
             for i, st in enumerate(status):
                 if st != HIT:
                     transfer = next(late_iter) if st == LATE else next(demand_iter)
-                    if transfer.state != DONE:  # no copy starts before this block ends
-                        link.advance(INF, transfer)
-                    waiting.append((transfer.end_s, i))
+                    waiting.append((link.finish_time(transfer), i))
             waiting.sort()
         for i, st in enumerate(status):
             if st == HIT:
@@ -350,7 +356,7 @@ class _Run:
             g = boundary
             issued = controller.begin_step(s)
             if issued:
-                link.submit_all(issued, h)
+                link.submit_all(issued, h, h)
                 h = paid_starts(h)
             step = controller.step
             assert step is not None
@@ -410,7 +416,7 @@ class _Run:
                     timeline.add("compute", "norm", g_ls - g_norm, g_ls, j)
                 issued = controller.layer_start(j)
                 if issued:
-                    link.submit_all(issued, g_ls)
+                    link.submit_all(issued, h, g_ls)
                     h = paid_starts(h)
                 t_pred = 0.0
                 if pre_attention:
@@ -420,7 +426,7 @@ class _Run:
                         timeline.add("predictor", "predict", t_pred - predictor_s, t_pred, j)
                     issued = controller.prediction_ready(j)
                     if issued:
-                        link.submit_all(issued, max(h, t_pred))
+                        link.submit_all(issued, h, t_pred)
                         h = paid_starts(h)
                 # attention, add, norm, router and the executor's own work; then the router decision
                 h += host_pre
@@ -440,16 +446,16 @@ class _Run:
                 if late:
                     link.promote_all(late, DEMAND)
                 if demands:
-                    link.submit_all(demands, t_router)
+                    link.submit_all(demands, h, t_router)
                 if prefetches:
-                    link.submit_all(prefetches, t_router)
+                    link.submit_all(prefetches, h, t_router)
                 if demands or prefetches:
                     h = paid_starts(h)
                 if cross_layer and j + 1 < num_moe:
                     t_pred = t_router + gate_s
                     issued = controller.prediction_ready(j + 1)
                     if issued:
-                        link.submit_all(issued, max(h, t_pred))
+                        link.submit_all(issued, h, t_pred)
                         h = paid_starts(h)
                 # the MoE block: shared and hit experts launched first, then the others in landing order
                 # (a cross-layer gate predictor beside it takes its share of the GPU)
@@ -487,7 +493,7 @@ class _Run:
                     events += 1
                 issued = controller.layer_end(j)
                 if issued:
-                    link.submit_all(issued, max(h, g))
+                    link.submit_all(issued, h, g)
                     h = paid_starts(h)
                 j += 1
             controller.end_step()

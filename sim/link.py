@@ -10,18 +10,27 @@ Model (its parameters come from the hardware profile's ``[copy]`` table):
   engines never both get full bandwidth. One copy's rate comes from the measured single-copy curve.
 - A copy into a slot whose previous copy has not finished waits (outside the queue) until it has; if it
   is more urgent than that previous copy, the previous copy is promoted (priority inheritance).
-- ``serial`` links (``copy.serial`` in the profile) move the bytes of one copy at a time: a copy whose
-  setup ended waits, holding its engine, until the copy ahead of it has landed (FIFO in start order).
-  Measured on an H200: host-to-device copies issued on separate CUDA streams never overlapped (each ran
-  at the single-copy rate, one after the other), so fair sharing would land the first copy of a burst
-  far too late. ``engines`` then counts copies committed to the hardware queue at once. A copy's setup
-  does not overlap the copy ahead of it either: back-to-back copies land a whole single-copy time
-  apart (session 4 on the H200: 9 MiB copies 175-180 us apart; alone 174 us, bytes alone 157 us).
+- Every copy is submitted by the host at its time with a *gate*, the GPU marker it must not start
+  before (a layer's start, a prediction, a router). ``Link`` takes it when the gate has passed (at
+  ``max(host time, gate)``): a copy that could start later never holds an engine meanwhile.
 
 All copies of one run have the same size, so they all move bytes at the same rate: the copies in setup
 and the copies on the wire each finish in the order they started, and two FIFO queues replace any
 per-byte bookkeeping. The state only changes at submissions, setup ends and completions, so the engine
 may advance the link to any time once it knows every submission before that time.
+
+``SerialLink`` (``copy.serial`` in the profile) is the link of the H200: host-to-device copies issued on
+separate CUDA streams never overlapped there (each ran at the single-copy rate, one after the other),
+and a copy's setup did not overlap the copy ahead of it (9 MiB copies landed 175-180 us apart; alone
+174 us, bytes alone 157 us). The live executor therefore commits every copy to one copy stream, at most
+``engines`` at once (one moving, one queued), each behind a wait for its gate; when the MoE block needs a
+copy that is still waiting, the host commits it at once, behind the others. So a copy's landing is fixed
+the moment it is committed: it starts when the copy ahead of it has landed and its gate has passed, and
+takes one copy's time alone. Which waiting copy the next free engine takes is decided at host times
+(the executor's host commits a copy when it sees an engine free, choosing among what it has submitted
+by then, gate passed or not): a demand load the host decided a layer ahead takes the engine before a
+prefetch whose gate passed long ago (session 7, Qwen3 cross-layer: in the live cold first step no wrong
+prediction started while demands waited; the fair link started 89 of them).
 """
 
 from __future__ import annotations
@@ -45,7 +54,17 @@ class Transfer(FetchRequest):
     """A FetchRequest with the link's state (the controller creates these when the simulator asks it
     to, so a request *is* its transfer). ``start_s``: it got an engine; ``end_s``: its bytes landed."""
 
-    __slots__ = ("blocked", "end_s", "engine", "finish_v", "setup_end", "start_s", "state", "waits_for")
+    __slots__ = (
+        "blocked",
+        "end_s",
+        "engine",
+        "finish_v",
+        "gate_s",
+        "setup_end",
+        "start_s",
+        "state",
+        "waits_for",
+    )
 
     # declared here for the compiled build (sim.COMPILED: its classes have exactly these attributes)
     state: int
@@ -56,6 +75,7 @@ class Transfer(FetchRequest):
     finish_v: float
     engine: int
     end_s: float
+    gate_s: float
 
     def __init__(
         self, seq: int, key: int, layer: int, expert: int, slot: int, priority: int, demand: bool, target: int
@@ -73,40 +93,16 @@ class Transfer(FetchRequest):
         # waits_for, start_s, setup_end, finish_v, engine and end_s are set by the link before any read
 
 
-class Link:
-    """Copy engines sharing one link; see the module docstring for the model."""
+class LinkBase:
+    """What both link models share: the queue of waiting copies ordered by ``(priority, seq)``, a slot's
+    copies in order (priority inheritance), the counters the engine reads. ``now`` is the time the link
+    has been run to; submissions and advances come in time order."""
 
-    def __init__(
-        self,
-        engines: int,
-        latency_s: float,
-        transfer_s: float,
-        size_bytes: int,
-        capacity_bps: float,
-        serial: bool = False,
-        record_busy: bool = False,
-    ) -> None:
-        """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included);
-        ``record_busy``: keep the periods with a copy in flight, for ``copying_share``."""
+    def __init__(self, engines: int, size_bytes: int, record_busy: bool) -> None:
         self.engines = engines
-        self.serial = serial
-        # FIFOs of copies; each holds at most ``engines`` of them, so plain lists serve (as quick as deques
-        # in pure Python, quicker in the compiled build). _ready: serial link, setup done, wire busy
-        self._ready: list[Transfer] = []
-        if serial:  # a copy's setup does not overlap the copy ahead: it holds the link all along
-            latency_s = 0.0
-        self.latency_s = latency_s
         self.size_bytes = float(size_bytes)
-        wire_s = max(transfer_s - latency_s, 1e-15)
-        self.engine_bps = size_bytes / wire_s
-        self.capacity_bps = capacity_bps
-        self._rates = [0.0] + [min(self.engine_bps, capacity_bps / n) for n in range(1, engines + 1)]
         self.now = 0.0
-        self.virtual = 0.0  # bytes each wire copy has moved since time 0 (all move at the same rate)
         self._queue: list[tuple[int, int, Transfer]] = []
-        self._setup: list[Transfer] = []
-        self._wire: list[Transfer] = []
-        self._free = list(range(engines - 1, -1, -1))
         self._last_in_slot: dict[int, Transfer] = {}
         self.completed: list[Transfer] = []  # landed, not yet collected by the engine
         self.pending = 0  # copies submitted and not landed yet
@@ -115,51 +111,40 @@ class Link:
         self.submitted = 0
         # periods with a copy in flight (set up or moving bytes), recorded only if asked for
         self.record_busy = record_busy
-        self._busy_since = INF  # start of the current period; INF: no copy in flight
         self._periods: list[tuple[float, float]] = []  # (start, end) of ended periods not yet queried past
 
     # -- submissions
 
-    def submit(self, transfer: Transfer, at_s: float) -> None:
-        """Queue a copy at time ``at_s`` (not before the last submission or advance)."""
-        self.submit_all((transfer,), at_s)
+    def submit(self, transfer: Transfer, host_s: float, gate_s: float = 0.0) -> None:
+        """Queue a copy the host submits at ``host_s`` (not before the last submission or advance), not to
+        start before the GPU marker at ``gate_s``."""
+        self.submit_all((transfer,), host_s, gate_s)
 
-    def submit_all(self, transfers: Sequence[Transfer], at_s: float) -> None:
-        """Queue copies at time ``at_s``, in order (one call per batch: this runs for every copy). An
-        empty batch does nothing (the link is not advanced: that would change its float arithmetic)."""
-        if not transfers:
-            return
-        if at_s > self.now:
-            self.advance(at_s)
-        self.pending += len(transfers)
-        self.submitted += len(transfers)
-        last_in_slot, free, queue = self._last_in_slot, self._free, self._queue
-        for transfer in transfers:
-            slot = transfer.slot
-            previous = last_in_slot.get(slot)
-            last_in_slot[slot] = transfer
-            if previous is not None and previous.state != DONE:
-                transfer.state = BLOCKED
-                transfer.waits_for = previous
-                if previous.blocked is None:
-                    previous.blocked = [transfer]
-                else:
-                    previous.blocked.append(transfer)
-                if transfer.priority < previous.priority:
-                    self.promote(previous, transfer.priority)
-            elif free and not queue:  # an idle engine takes it at once
-                transfer.state = SETUP
-                transfer.engine = free.pop()
-                transfer.start_s = now = self.now
-                transfer.setup_end = now + self.latency_s
-                self._setup.append(transfer)
-                self.started += 1
-                if now < self._busy_since:
-                    self._busy_since = now
-            else:
-                heappush(queue, (transfer.priority, transfer.seq, transfer))
-                if free:
-                    self._dispatch()
+    def submit_all(self, transfers: Sequence[Transfer], host_s: float, gate_s: float = 0.0) -> None:
+        """Queue copies the host submits at ``host_s``, in order, gated at ``gate_s``."""
+        raise NotImplementedError
+
+    def _behind_slot(self, transfer: Transfer) -> bool:
+        """Register a new copy as its slot's last; if the slot's previous copy has not landed, block it
+        behind that copy (hurrying the previous one if this one is more urgent) and return True."""
+        slot = transfer.slot
+        previous = self._last_in_slot.get(slot)
+        self._last_in_slot[slot] = transfer
+        if previous is None or previous.state == DONE:
+            return False
+        transfer.state = BLOCKED
+        transfer.waits_for = previous
+        if previous.blocked is None:
+            previous.blocked = [transfer]
+        else:
+            previous.blocked.append(transfer)
+        if transfer.priority < previous.priority:
+            self.promote(previous, transfer.priority)
+        return True
+
+    def commit_all(self, transfers: Sequence[Transfer], host_s: float) -> None:
+        """The MoE block needs these copies now: where the model lets the host commit a waiting copy
+        ahead of a free engine, do so at ``host_s`` (``SerialLink``); else nothing."""
 
     def promote_all(self, transfers: Sequence[Transfer], priority: int = 0) -> None:
         """``promote`` each of ``transfers`` that is still waiting (one call per router: most late copies
@@ -179,6 +164,103 @@ class Link:
         previous = transfer.waits_for  # blocked: hurry the copy it waits for
         assert previous is not None
         self.promote(previous, priority)
+
+    def _unblock(self, transfer: Transfer) -> None:
+        for waiting in transfer.blocked or ():
+            waiting.state = QUEUED
+            waiting.waits_for = None
+            heappush(self._queue, (waiting.priority, waiting.seq, waiting))
+        transfer.blocked = None
+
+    # -- time
+
+    def advance(self, t: float, until: Transfer | None = None) -> None:
+        """Run the link until time ``t``, or until copy ``until`` has landed if that comes first."""
+        raise NotImplementedError
+
+    def copying_share(self, start_s: float, end_s: float) -> float:
+        """The share of ``[start_s, end_s]`` with a copy in flight, for a link made with ``record_busy``."""
+        raise NotImplementedError
+
+    def finish_time(self, transfer: Transfer) -> float:
+        """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
+        before that time)."""
+        if transfer.state != DONE:
+            self.advance(float("inf"), until=transfer)
+            if transfer.state != DONE:
+                raise RuntimeError(f"copy #{transfer.seq} can never start (state {transfer.state})")
+        return transfer.end_s
+
+    def drain(self) -> None:
+        """Run until every submitted copy has landed."""
+        self.advance(float("inf"))
+        if self.pending:
+            raise RuntimeError(f"{self.pending} copies can never land")
+
+    @property
+    def bytes_moved(self) -> float:
+        """Bytes of every landed copy."""
+        return (self.submitted - self.pending) * self.size_bytes
+
+
+class Link(LinkBase):
+    """Copy engines sharing one link fairly; see the module docstring for the model."""
+
+    def __init__(
+        self,
+        engines: int,
+        latency_s: float,
+        transfer_s: float,
+        size_bytes: int,
+        capacity_bps: float,
+        record_busy: bool = False,
+    ) -> None:
+        """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included);
+        ``record_busy``: keep the periods with a copy in flight, for ``copying_share``."""
+        super().__init__(engines, size_bytes, record_busy)
+        self.latency_s = latency_s
+        wire_s = max(transfer_s - latency_s, 1e-15)
+        self.engine_bps = size_bytes / wire_s
+        self.capacity_bps = capacity_bps
+        self._rates = [0.0] + [min(self.engine_bps, capacity_bps / n) for n in range(1, engines + 1)]
+        self.virtual = 0.0  # bytes each wire copy has moved since time 0 (all move at the same rate)
+        # FIFOs of copies; each holds at most ``engines`` of them, so plain lists serve (as quick as deques
+        # in pure Python, quicker in the compiled build)
+        self._setup: list[Transfer] = []
+        self._wire: list[Transfer] = []
+        self._free = list(range(engines - 1, -1, -1))
+        self._busy_since = INF  # start of the current period; INF: no copy in flight
+
+    # -- submissions
+
+    def submit_all(self, transfers: Sequence[Transfer], host_s: float, gate_s: float = 0.0) -> None:
+        """Queue copies at ``max(host_s, gate_s)``, in order (one call per batch: this runs for every
+        copy). An empty batch does nothing (the link is not advanced: that would change its float
+        arithmetic)."""
+        if not transfers:
+            return
+        at_s = gate_s if gate_s > host_s else host_s
+        if at_s > self.now:
+            self.advance(at_s)
+        self.pending += len(transfers)
+        self.submitted += len(transfers)
+        free, queue = self._free, self._queue
+        for transfer in transfers:
+            if self._behind_slot(transfer):
+                continue
+            if free and not queue:  # an idle engine takes it at once
+                transfer.state = SETUP
+                transfer.engine = free.pop()
+                transfer.start_s = now = self.now
+                transfer.setup_end = now + self.latency_s
+                self._setup.append(transfer)
+                self.started += 1
+                if now < self._busy_since:
+                    self._busy_since = now
+            else:
+                heappush(queue, (transfer.priority, transfer.seq, transfer))
+                if free:
+                    self._dispatch()
 
     def _dispatch(self) -> None:
         """Start queued copies on free engines, most urgent first, at the link's current time."""
@@ -209,7 +291,7 @@ class Link:
                 self.now = t
             return
         now, virtual, busy = self.now, self.virtual, self.busy_s
-        rates, size, ready, serial = self._rates, self.size_bytes, self._ready, self.serial
+        rates, size = self._rates, self.size_bytes
         n_wire = len(wire)
         rate = rates[n_wire]
         while True:
@@ -224,14 +306,8 @@ class Link:
                         busy += next_done - now
                         now = next_done
                     transfer = wire.pop(0)
-                    if ready:  # serial link: the next copy in line takes the wire
-                        head = ready.pop(0)
-                        head.state = WIRE
-                        head.finish_v = virtual + size
-                        wire.append(head)
-                    else:
-                        n_wire -= 1
-                        rate = rates[n_wire]
+                    n_wire -= 1
+                    rate = rates[n_wire]
                     transfer.state = DONE
                     transfer.end_s = now
                     self.pending -= 1
@@ -258,9 +334,6 @@ class Link:
                     busy += next_setup - now
                 now = next_setup
             transfer = setup.pop(0)
-            if serial and n_wire:
-                ready.append(transfer)
-                continue
             transfer.state = WIRE
             transfer.finish_v = virtual + size
             wire.append(transfer)
@@ -292,29 +365,131 @@ class Link:
             busy += end_s - max(self._busy_since, start_s)
         return busy / (end_s - start_s) if end_s > start_s else 0.0
 
+
+class SerialLink(LinkBase):
+    """A link that moves one copy at a time, its copies committed to one FIFO by the host (see the module
+    docstring): a committed copy's landing is known at once, so the link runs at host times only."""
+
+    def __init__(self, engines: int, transfer_s: float, size_bytes: int, record_busy: bool = False) -> None:
+        """``engines``: copies the host commits at once (one moving, the others queued behind it);
+        ``transfer_s``: one copy of ``size_bytes`` alone, setup included (a copy's setup does not overlap
+        the copy ahead of it)."""
+        super().__init__(engines, size_bytes, record_busy)
+        self.transfer_s = transfer_s
+        self._fifo: list[Transfer] = []  # committed, not landed, in commit order (= landing order)
+        self._wire_free = 0.0  # when the last committed copy lands
+
+    # -- submissions
+
+    def submit_all(self, transfers: Sequence[Transfer], host_s: float, gate_s: float = 0.0) -> None:
+        """Queue copies the host submits at ``host_s``; each waits on its engine for ``gate_s``."""
+        if not transfers:
+            return
+        if host_s > self.now:
+            self.advance(host_s)
+        self.pending += len(transfers)
+        self.submitted += len(transfers)
+        queue = self._queue
+        for transfer in transfers:
+            transfer.gate_s = gate_s
+            if not self._behind_slot(transfer):
+                heappush(queue, (transfer.priority, transfer.seq, transfer))
+        self._dispatch()
+
+    def commit_all(self, transfers: Sequence[Transfer], host_s: float) -> None:
+        """Commit the copies the MoE block needs that still wait, most urgent first, behind the committed
+        ones at ``host_s`` (beyond ``engines``: the live executor commits them without waiting)."""
+        if host_s > self.now:
+            self.advance(host_s)
+        waiting = sorted((t.priority, t.seq, t) for t in transfers if t.state <= BLOCKED)
+        for _, _, transfer in waiting:
+            self._commit_needed(transfer)
+
+    def _commit_needed(self, transfer: Transfer) -> None:
+        if transfer.state > BLOCKED:
+            return
+        if transfer.state == BLOCKED:
+            previous = transfer.waits_for
+            assert previous is not None
+            self._commit_needed(previous)  # the slot's earlier copy goes first (it is committed now)
+            if previous.blocked is not None:
+                previous.blocked.remove(transfer)
+            transfer.waits_for = None
+        self._commit(transfer)
+
+    def _dispatch(self) -> None:
+        """Commit waiting copies, most urgent first, while fewer than ``engines`` are committed."""
+        queue, fifo, engines = self._queue, self._fifo, self.engines
+        while queue and len(fifo) < engines:
+            priority, _, transfer = heappop(queue)
+            if transfer.state != QUEUED or priority != transfer.priority:
+                continue  # stale entry (promoted, committed by the MoE block)
+            self._commit(transfer)
+
+    def _commit(self, transfer: Transfer) -> None:
+        """Put ``transfer`` at the end of the FIFO now: it moves once the copy ahead has landed and its
+        gate has passed."""
+        start = self.now
+        if transfer.gate_s > start:
+            start = transfer.gate_s
+        if self._wire_free > start:
+            start = self._wire_free
+        transfer.state = WIRE
+        transfer.engine = self.started % self.engines
+        transfer.start_s = start
+        transfer.end_s = self._wire_free = start + self.transfer_s
+        self._fifo.append(transfer)
+        self.started += 1
+
+    # -- time
+
+    def advance(self, t: float, until: Transfer | None = None) -> None:
+        """Land the committed copies due by ``t`` (committing waiting ones as engines free), or stop once
+        ``until`` is committed, its landing then known."""
+        fifo = self._fifo
+        while fifo and fifo[0].end_s <= t:
+            if until is not None and until.state > BLOCKED:
+                return
+            transfer = fifo.pop(0)
+            if transfer.end_s > self.now:
+                self.now = transfer.end_s
+            transfer.state = DONE
+            self.pending -= 1
+            self.busy_s += transfer.end_s - transfer.start_s
+            self.completed.append(transfer)
+            if self.record_busy:
+                self._periods.append((transfer.start_s, transfer.end_s))
+            if transfer.blocked:
+                self._unblock(transfer)
+            self._dispatch()
+        if until is None and self.now < t < INF:
+            self.now = t
+
     def finish_time(self, transfer: Transfer) -> float:
-        """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
-        before that time)."""
-        if transfer.state != DONE:
-            self.advance(float("inf"), until=transfer)
-            if transfer.state != DONE:
+        """When ``transfer`` lands: known once it is committed (until then, the link runs on as if no
+        copy were submitted before that time)."""
+        if transfer.state <= BLOCKED:
+            self.advance(INF, until=transfer)
+            if transfer.state <= BLOCKED:
                 raise RuntimeError(f"copy #{transfer.seq} can never start (state {transfer.state})")
         return transfer.end_s
 
-    def drain(self) -> None:
-        """Run until every submitted copy has landed."""
-        self.advance(float("inf"))
-        if self.pending:
-            raise RuntimeError(f"{self.pending} copies can never land")
-
-    @property
-    def bytes_moved(self) -> float:
-        """Bytes of every landed copy."""
-        return (self.submitted - self.pending) * self.size_bytes
-
-    def _unblock(self, transfer: Transfer) -> None:
-        for waiting in transfer.blocked or ():
-            waiting.state = QUEUED
-            waiting.waits_for = None
-            heappush(self._queue, (waiting.priority, waiting.seq, waiting))
-        transfer.blocked = None
+    def copying_share(self, start_s: float, end_s: float) -> float:
+        """The share of ``[start_s, end_s]`` with a copy moving, from the landed and the committed copies
+        (never running the link on: copies committed later move after those). Queries must come in time
+        order: periods that ended before ``start_s`` are forgotten."""
+        periods = self._periods
+        while periods and periods[0][1] <= start_s:
+            periods.pop(0)
+        busy = 0.0
+        for a, b in periods:
+            if a >= end_s:
+                break
+            busy += min(b, end_s) - max(a, start_s)
+        for transfer in self._fifo:
+            a, b = transfer.start_s, transfer.end_s
+            if a >= end_s:
+                break
+            if b > start_s:
+                busy += min(b, end_s) - max(a, start_s)
+        return busy / (end_s - start_s) if end_s > start_s else 0.0

@@ -17,7 +17,7 @@ from sim.config import RunConfig, SimOptions, trace_fingerprint
 from sim.costs import CostModel
 from sim.engine import EngineController, run_engine
 from sim.hardware import HardwareProfile
-from sim.link import Link
+from sim.link import Link, LinkBase, SerialLink
 from sim.policies import LAYER_START, ROUTER, Policy, PolicySpec, TimingEstimates, make_policy
 from sim.results import SimResult
 from sim.workload import Workload
@@ -97,15 +97,19 @@ def simulate(
     controller = EngineController(workload, policy_obj, cache, timing_estimates(policy_obj, costs, options))
     copy = hardware.copy
     size = shape.bytes_per_expert
-    link = Link(
-        engines=copy.engines,
-        latency_s=copy.latency_s,
-        transfer_s=copy.transfer_s(size, options.pinned),
-        size_bytes=size,
-        capacity_bps=copy.shared_capacity_bps(size, options.pinned),
-        serial=copy.serial,
-        record_busy=costs.slowed_by_copies,
-    )
+    transfer_s = copy.transfer_s(size, options.pinned)
+    link: LinkBase
+    if copy.serial:
+        link = SerialLink(copy.engines, transfer_s, size, record_busy=costs.slowed_by_copies)
+    else:
+        link = Link(
+            engines=copy.engines,
+            latency_s=copy.latency_s,
+            transfer_s=transfer_s,
+            size_bytes=size,
+            capacity_bps=copy.shared_capacity_bps(size, options.pinned),
+            record_busy=costs.slowed_by_copies,
+        )
     pre_s, cross_s = predictor_times(policy_obj, costs, options)
     out = run_engine(
         controller,
@@ -146,7 +150,7 @@ def simulate(
         compute_s=out.compute_s,
         bytes_moved=out.bytes_moved,
         link_busy_s=out.link_busy_s,
-        link_capacity_bps=link.capacity_bps,
+        link_capacity_bps=copy.shared_capacity_bps(size, options.pinned),
         counters=counters,
         timeline=out.timeline,
         wall_s=time.perf_counter() - started,

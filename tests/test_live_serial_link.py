@@ -1,62 +1,107 @@
-"""The serial link model (copy.serial): copies committed at once move their bytes one after the other,
-as host-to-device copies on separate CUDA streams did on the H200 (none of 4757 live copies overlapped)."""
+"""The serial link model (copy.serial): the host commits copies to one FIFO, at most ``engines`` at once;
+each moves when the copy ahead has landed and its gate has passed, so it lands one whole copy time
+later, as host-to-device copies did on the H200 (none of 4757 live copies overlapped)."""
 
 from __future__ import annotations
 
 import pytest
 
 from sim.hardware import load_profile
-from sim.link import Link, Transfer
+from sim.link import DONE, Link, SerialLink, Transfer
 
 SIZE = 1_000_000
+COPY_S = 1e-4
 
 
 def _transfer(seq: int, slot: int, priority: int = 1) -> Transfer:
     return Transfer(seq, seq, 0, seq, slot, priority, priority == 0, 0)
 
 
-def _land_times(serial: bool, engines: int, n: int) -> list[float]:
-    link = Link(
-        engines,
-        latency_s=1e-5,
-        transfer_s=1e-5 + 1e-4,
-        size_bytes=SIZE,
-        capacity_bps=SIZE / 1e-4,
-        serial=serial,
-    )
-    transfers = [_transfer(i, i) for i in range(n)]
-    for t in transfers:
-        link.submit(t, 0.0)
-    link.drain()
-    return [t.end_s for t in transfers]
+def _serial(engines: int = 2) -> SerialLink:
+    return SerialLink(engines, transfer_s=COPY_S, size_bytes=SIZE)
 
 
 def test_serial_link_lands_a_burst_one_whole_copy_time_apart() -> None:
     """A copy's setup does not overlap the copy ahead of it: on the H200 (session 4), back-to-back 9 MiB
     copies landed 175-180 us apart, one copy's time alone (174 us), not its wire time (157 us)."""
-    assert _land_times(True, 2, 3) == pytest.approx([1.1e-4, 2.2e-4, 3.3e-4])
-
-
-def test_shared_link_lands_concurrent_copies_together() -> None:
-    times = _land_times(False, 2, 2)
-    assert times == pytest.approx([2.1e-4, 2.1e-4])
+    link = _serial()
+    burst = [_transfer(i, i) for i in range(3)]
+    link.submit_all(burst, 0.0)
+    link.drain()
+    assert [t.end_s for t in burst] == pytest.approx([1e-4, 2e-4, 3e-4])
 
 
 def test_serial_and_shared_links_move_a_burst_in_the_same_total_time_when_busy() -> None:
-    assert _land_times(True, 3, 6)[-1] == pytest.approx(_land_times(False, 3, 6)[-1], rel=0.1)
+    def last_landing(link) -> float:
+        burst = [_transfer(i, i) for i in range(6)]
+        link.submit_all(burst, 0.0)
+        link.drain()
+        return max(t.end_s for t in burst)
+
+    shared = Link(3, latency_s=0.0, transfer_s=COPY_S, size_bytes=SIZE, capacity_bps=SIZE / COPY_S)
+    assert last_landing(_serial(3)) == pytest.approx(last_landing(shared), rel=0.1)
 
 
-def test_a_demand_load_waits_only_for_committed_copies_on_a_serial_link() -> None:
-    link = Link(2, latency_s=0.0, transfer_s=1e-4, size_bytes=SIZE, capacity_bps=SIZE / 1e-4, serial=True)
-    prefetches = [_transfer(i, i) for i in range(4)]
-    for t in prefetches:
-        link.submit(t, 0.0)
-    demand = _transfer(10, 10, priority=0)
-    link.submit(demand, 0.5e-4)
+def test_a_committed_copy_lands_when_committed_whatever_comes_later() -> None:
+    link = _serial()
+    first, second = _transfer(0, 0), _transfer(1, 1)
+    link.submit_all([first, second], 0.0)
+    assert link.finish_time(second) == pytest.approx(2e-4)  # known without running the link on
+    assert link.now == 0.0 and second.state != DONE
+    urgent = _transfer(2, 2, priority=0)
+    link.submit(urgent, 0.5e-4)
     link.drain()
-    # two prefetches were committed at time 0; the demand goes next, ahead of the two queued ones
-    assert demand.end_s == pytest.approx(3e-4)
-    assert sorted(t.end_s for t in prefetches[2:]) == pytest.approx([4e-4, 5e-4])
+    assert second.end_s == pytest.approx(2e-4) and urgent.end_s == pytest.approx(3e-4)
+
+
+def test_a_demand_the_host_submitted_takes_the_free_engine_before_an_older_prefetch() -> None:
+    """The live host decides a layer's demands at its router launch, a layer ahead of the GPU: when an
+    engine frees, the demand takes it and waits there for the router; a prefetch queued long before waits
+    (session 7, Qwen3 cross-layer: no wrong prediction started in the live cold step)."""
+    link = _serial(engines=1)
+    moving, wrong = _transfer(0, 0), _transfer(1, 1)
+    link.submit_all([moving, wrong], 0.0)
+    demand = _transfer(2, 2, priority=0)
+    link.submit(demand, 0.2e-4, gate_s=1.5e-4)  # the host is ahead: the router runs on the GPU later
+    link.drain()
+    assert demand.start_s == pytest.approx(1.5e-4)  # the engine freed at 1e-4 and waited for the gate
+    assert demand.end_s == pytest.approx(2.5e-4) and wrong.end_s == pytest.approx(3.5e-4)
+
+
+def test_the_moe_block_commits_copies_it_needs_beyond_the_engines_most_urgent_first() -> None:
+    link = _serial(engines=1)
+    moving, prefetch, late, demand = (_transfer(i, i, priority=p) for i, p in enumerate((1, 1, 2, 0)))
+    link.submit(moving, 0.0)
+    link.submit_all([prefetch, late, demand], 0.0)
+    link.promote(late, 0)  # the router needs it
+    link.commit_all([late, demand], 0.1e-4)
+    assert [link.finish_time(t) for t in (late, demand)] == pytest.approx([2e-4, 3e-4])
+    link.drain()
+    assert prefetch.end_s == pytest.approx(4e-4)
+
+
+def test_a_needed_copy_into_a_slot_still_being_filled_is_committed_behind_that_copy() -> None:
+    link = _serial(engines=1)
+    moving, other, blocking, new = (_transfer(i, s) for i, s in enumerate((0, 1, 7, 7)))
+    link.submit(moving, 0.0)
+    link.submit_all([other, blocking, new], 0.0)  # new waits for blocking, its slot's copy (promoted)
+    link.commit_all([new], 0.0)  # the slot's earlier copy is committed first
+    assert link.finish_time(blocking) == pytest.approx(2e-4)
+    assert link.finish_time(new) == pytest.approx(3e-4)
+    link.drain()
+    assert other.end_s == pytest.approx(4e-4)
+    assert link.pending == 0 and link.bytes_moved == 4 * SIZE
+
+
+def test_copying_share_counts_landed_and_committed_copies_without_running_the_link_on() -> None:
+    link = SerialLink(1, transfer_s=COPY_S, size_bytes=SIZE, record_busy=True)
+    a, b = _transfer(0, 0), _transfer(1, 1)
+    link.submit(a, 0.0)
+    link.submit(b, 0.0, gate_s=3e-4)
+    assert link.copying_share(0.5e-4, 1.5e-4) == pytest.approx(0.5)
+    link.advance(2e-4)  # a landed, b committed: it moves from its gate at 3e-4
+    assert link.copying_share(2e-4, 4e-4) == pytest.approx(0.5)
+    assert link.now == pytest.approx(2e-4)
 
 
 def test_profiles_without_the_serial_field_keep_their_dictionary() -> None:
