@@ -277,7 +277,8 @@ class _Run:
             # the host commits the copies it still waits for now (a serial link's FIFO then fixes their
             # landings); on a shared link no copy starts before this block ends, so running it on to
             # each landing is exact
-            link.commit_all([*decision.late, *decision.demands], h)
+            link.commit_all(decision.late, h)  # promoted to demands, issued before them: they go first
+            link.commit_all(decision.demands, h)
             late_iter, demand_iter = iter(decision.late), iter(decision.demands)
             for i, st in enumerate(status):
                 if st != HIT:

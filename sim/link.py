@@ -36,7 +36,7 @@ prediction started while demands waited; the fair link started 89 of them).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Final
 
 from sim.controller import FetchRequest
@@ -48,6 +48,9 @@ SETUP: Final = 2
 WIRE: Final = 3
 DONE: Final = 4
 INF: Final = float("inf")
+#: a waiting copy's heap key is ``priority << SEQ_BITS | seq``: one integer orders the queue by
+#: ``(priority, seq)`` at a fraction of a tuple comparison's cost (a link-bound run queues thousands)
+SEQ_BITS: Final = 40
 
 
 class Transfer(FetchRequest):
@@ -102,7 +105,7 @@ class LinkBase:
         self.engines = engines
         self.size_bytes = float(size_bytes)
         self.now = 0.0
-        self._queue: list[tuple[int, int, Transfer]] = []
+        self._queue: list[tuple[int, Transfer]] = []  # (key, copy); stale entries are skipped
         self._last_in_slot: dict[int, Transfer] = {}
         self.completed: list[Transfer] = []  # landed, not yet collected by the engine
         self.pending = 0  # copies submitted and not landed yet
@@ -159,7 +162,7 @@ class LinkBase:
             return
         transfer.priority = priority
         if transfer.state == QUEUED:
-            heappush(self._queue, (priority, transfer.seq, transfer))
+            heappush(self._queue, ((priority << SEQ_BITS) | transfer.seq, transfer))
             return
         previous = transfer.waits_for  # blocked: hurry the copy it waits for
         assert previous is not None
@@ -169,7 +172,7 @@ class LinkBase:
         for waiting in transfer.blocked or ():
             waiting.state = QUEUED
             waiting.waits_for = None
-            heappush(self._queue, (waiting.priority, waiting.seq, waiting))
+            heappush(self._queue, ((waiting.priority << SEQ_BITS) | waiting.seq, waiting))
         transfer.blocked = None
 
     # -- time
@@ -258,7 +261,7 @@ class Link(LinkBase):
                 if now < self._busy_since:
                     self._busy_since = now
             else:
-                heappush(queue, (transfer.priority, transfer.seq, transfer))
+                heappush(queue, ((transfer.priority << SEQ_BITS) | transfer.seq, transfer))
                 if free:
                     self._dispatch()
 
@@ -266,8 +269,8 @@ class Link(LinkBase):
         """Start queued copies on free engines, most urgent first, at the link's current time."""
         queue, free, now = self._queue, self._free, self.now
         while free and queue:
-            priority, _, transfer = heappop(queue)
-            if transfer.state != QUEUED or priority != transfer.priority:
+            key, transfer = heappop(queue)
+            if transfer.state != QUEUED or key >> SEQ_BITS != transfer.priority:
                 continue  # stale entry (promoted or already started)
             transfer.state = SETUP
             transfer.engine = free.pop()
@@ -378,6 +381,10 @@ class SerialLink(LinkBase):
         self.transfer_s = transfer_s
         self._fifo: list[Transfer] = []  # committed, not landed, in commit order (= landing order)
         self._wire_free = 0.0  # when the last committed copy lands
+        # copies waiting in the queue (its other entries are stale: committed by the MoE block, or
+        # promoted); the queue is cleared or compacted when stale entries dominate, since the MoE block
+        # commits most copies ahead of the engines and their entries would pile up
+        self._queued = 0
 
     # -- submissions
 
@@ -389,19 +396,31 @@ class SerialLink(LinkBase):
             self.advance(host_s)
         self.pending += len(transfers)
         self.submitted += len(transfers)
-        queue = self._queue
+        queue, fifo, engines = self._queue, self._fifo, self.engines
         for transfer in transfers:
             transfer.gate_s = gate_s
-            if not self._behind_slot(transfer):
-                heappush(queue, (transfer.priority, transfer.seq, transfer))
-        self._dispatch()
+            if self._behind_slot(transfer):
+                continue
+            if not self._queued and len(fifo) < engines:  # a free engine takes it at once
+                self._commit(transfer)
+            else:
+                heappush(queue, ((transfer.priority << SEQ_BITS) | transfer.seq, transfer))
+                self._queued += 1
+        if self._queued and len(fifo) < engines:
+            self._dispatch()
 
     def commit_all(self, transfers: Sequence[Transfer], host_s: float) -> None:
         """Commit the copies the MoE block needs that still wait, most urgent first, behind the committed
         ones at ``host_s`` (beyond ``engines``: the live executor commits them without waiting)."""
         if host_s > self.now:
             self.advance(host_s)
-        waiting = sorted((t.priority, t.seq, t) for t in transfers if t.state <= BLOCKED)
+        waiting: list[tuple[int, int, Transfer]] = []
+        for transfer in transfers:
+            if transfer.state <= BLOCKED:
+                waiting.append((transfer.priority, transfer.seq, transfer))
+        if not waiting:  # most often: every copy the block waits for is committed already
+            return
+        waiting.sort()
         for _, _, transfer in waiting:
             self._commit_needed(transfer)
 
@@ -415,15 +434,31 @@ class SerialLink(LinkBase):
             if previous.blocked is not None:
                 previous.blocked.remove(transfer)
             transfer.waits_for = None
+        else:
+            self._queued -= 1  # its queue entry goes stale
+            if not self._queued:
+                self._queue.clear()
         self._commit(transfer)
+
+    def _unblock(self, transfer: Transfer) -> None:
+        if transfer.blocked:
+            self._queued += len(transfer.blocked)
+        super()._unblock(transfer)
 
     def _dispatch(self) -> None:
         """Commit waiting copies, most urgent first, while fewer than ``engines`` are committed."""
-        queue, fifo, engines = self._queue, self._fifo, self.engines
-        while queue and len(fifo) < engines:
-            priority, _, transfer = heappop(queue)
-            if transfer.state != QUEUED or priority != transfer.priority:
+        fifo, engines = self._fifo, self.engines
+        if len(self._queue) > 2 * self._queued + 32:
+            self._queue = [
+                e for e in self._queue if e[1].state == QUEUED and e[0] >> SEQ_BITS == e[1].priority
+            ]
+            heapify(self._queue)
+        queue = self._queue
+        while self._queued and len(fifo) < engines:
+            key, transfer = heappop(queue)
+            if transfer.state != QUEUED or key >> SEQ_BITS != transfer.priority:
                 continue  # stale entry (promoted, committed by the MoE block)
+            self._queued -= 1
             self._commit(transfer)
 
     def _commit(self, transfer: Transfer) -> None:
@@ -457,11 +492,16 @@ class SerialLink(LinkBase):
             self.pending -= 1
             self.busy_s += transfer.end_s - transfer.start_s
             self.completed.append(transfer)
-            if self.record_busy:
-                self._periods.append((transfer.start_s, transfer.end_s))
+            if self.record_busy:  # back-to-back copies make one period
+                periods = self._periods
+                if periods and periods[-1][1] >= transfer.start_s:
+                    periods[-1] = (periods[-1][0], transfer.end_s)
+                else:
+                    periods.append((transfer.start_s, transfer.end_s))
             if transfer.blocked:
                 self._unblock(transfer)
-            self._dispatch()
+            if self._queued:
+                self._dispatch()
         if until is None and self.now < t < INF:
             self.now = t
 
