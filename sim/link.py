@@ -185,6 +185,19 @@ class LinkBase:
         """The share of ``[start_s, end_s]`` with a copy in flight, for a link made with ``record_busy``."""
         raise NotImplementedError
 
+    def _ended_busy_s(self, start_s: float, end_s: float) -> float:
+        """Time within ``[start_s, end_s]`` covered by the recorded periods with a copy in flight that have
+        ended; forgets those that ended before ``start_s`` (queries come in time order)."""
+        periods = self._periods
+        while periods and periods[0][1] <= start_s:
+            periods.pop(0)
+        busy = 0.0
+        for a, b in periods:
+            if a >= end_s:
+                break
+            busy += min(b, end_s) - max(a, start_s)
+        return busy
+
     def finish_time(self, transfer: Transfer) -> float:
         """When ``transfer`` lands; advances the link until it has (valid while no copy is submitted
         before that time)."""
@@ -356,14 +369,7 @@ class Link(LinkBase):
         ended before ``start_s`` are forgotten."""
         if end_s > self.now:
             self.advance(end_s)
-        periods = self._periods
-        while periods and periods[0][1] <= start_s:
-            periods.pop(0)
-        busy = 0.0
-        for a, b in periods:
-            if a >= end_s:
-                break
-            busy += min(b, end_s) - max(a, start_s)
+        busy = self._ended_busy_s(start_s, end_s)
         if self._busy_since < end_s:
             busy += end_s - max(self._busy_since, start_s)
         return busy / (end_s - start_s) if end_s > start_s else 0.0
@@ -518,14 +524,7 @@ class SerialLink(LinkBase):
         """The share of ``[start_s, end_s]`` with a copy moving, from the landed and the committed copies
         (never running the link on: copies committed later move after those). Queries must come in time
         order: periods that ended before ``start_s`` are forgotten."""
-        periods = self._periods
-        while periods and periods[0][1] <= start_s:
-            periods.pop(0)
-        busy = 0.0
-        for a, b in periods:
-            if a >= end_s:
-                break
-            busy += min(b, end_s) - max(a, start_s)
+        busy = self._ended_busy_s(start_s, end_s)
         for transfer in self._fifo:
             a, b = transfer.start_s, transfer.end_s
             if a >= end_s:
