@@ -41,7 +41,8 @@ from typing import Final
 
 from sim.controller import FetchRequest
 
-# transfer states, ordered: state <= BLOCKED means not started yet (Final: constants in the compiled build)
+# transfer states, ordered: state <= BLOCKED means not started yet (Final: constants in the compiled build);
+# a SerialLink marks a committed copy WIRE at once (its landing is then known)
 QUEUED: Final = 0
 BLOCKED: Final = 1
 SETUP: Final = 2
