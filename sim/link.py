@@ -54,6 +54,16 @@ INF: Final = float("inf")
 SEQ_BITS: Final = 40
 
 
+def _entry(transfer: Transfer) -> tuple[int, Transfer]:
+    """``transfer``'s queue entry at its current priority."""
+    return (transfer.priority << SEQ_BITS) | transfer.seq, transfer
+
+
+def _stale(key: int, transfer: Transfer) -> bool:
+    """Whether a queue entry no longer stands for a waiting copy (it started, or was promoted since)."""
+    return transfer.state != QUEUED or key >> SEQ_BITS != transfer.priority
+
+
 class Transfer(FetchRequest):
     """A FetchRequest with the link's state (the controller creates these when the simulator asks it
     to, so a request *is* its transfer). ``start_s``: it got an engine; ``end_s``: its bytes landed."""
@@ -163,7 +173,7 @@ class LinkBase:
             return
         transfer.priority = priority
         if transfer.state == QUEUED:
-            heappush(self._queue, ((priority << SEQ_BITS) | transfer.seq, transfer))
+            heappush(self._queue, _entry(transfer))
             return
         previous = transfer.waits_for  # blocked: hurry the copy it waits for
         assert previous is not None
@@ -173,7 +183,7 @@ class LinkBase:
         for waiting in transfer.blocked or ():
             waiting.state = QUEUED
             waiting.waits_for = None
-            heappush(self._queue, ((waiting.priority << SEQ_BITS) | waiting.seq, waiting))
+            heappush(self._queue, _entry(waiting))
         transfer.blocked = None
 
     # -- time
@@ -275,7 +285,7 @@ class Link(LinkBase):
                 if now < self._busy_since:
                     self._busy_since = now
             else:
-                heappush(queue, ((transfer.priority << SEQ_BITS) | transfer.seq, transfer))
+                heappush(queue, _entry(transfer))
                 if free:
                     self._dispatch()
 
@@ -284,7 +294,7 @@ class Link(LinkBase):
         queue, free, now = self._queue, self._free, self.now
         while free and queue:
             key, transfer = heappop(queue)
-            if transfer.state != QUEUED or key >> SEQ_BITS != transfer.priority:
+            if _stale(key, transfer):
                 continue  # stale entry (promoted or already started)
             transfer.state = SETUP
             transfer.engine = free.pop()
@@ -411,7 +421,7 @@ class SerialLink(LinkBase):
             if not self._queued and len(fifo) < engines:  # a free engine takes it at once
                 self._commit(transfer)
             else:
-                heappush(queue, ((transfer.priority << SEQ_BITS) | transfer.seq, transfer))
+                heappush(queue, _entry(transfer))
                 self._queued += 1
         if self._queued and len(fifo) < engines:
             self._dispatch()
@@ -456,14 +466,12 @@ class SerialLink(LinkBase):
         """Commit waiting copies, most urgent first, while fewer than ``engines`` are committed."""
         fifo, engines = self._fifo, self.engines
         if len(self._queue) > 2 * self._queued + 32:
-            self._queue = [
-                e for e in self._queue if e[1].state == QUEUED and e[0] >> SEQ_BITS == e[1].priority
-            ]
+            self._queue = [e for e in self._queue if not _stale(e[0], e[1])]
             heapify(self._queue)
         queue = self._queue
         while self._queued and len(fifo) < engines:
             key, transfer = heappop(queue)
-            if transfer.state != QUEUED or key >> SEQ_BITS != transfer.priority:
+            if _stale(key, transfer):
                 continue  # stale entry (promoted, committed by the MoE block)
             self._queued -= 1
             self._commit(transfer)
