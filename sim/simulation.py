@@ -98,6 +98,7 @@ def simulate(
     copy = hardware.copy
     size = shape.bytes_per_expert
     transfer_s = copy.transfer_s(size, options.pinned)
+    capacity_bps = copy.shared_capacity_bps(size, options.pinned)
     link: LinkBase
     if copy.serial:
         link = SerialLink(copy.engines, transfer_s, size, record_busy=costs.slowed_by_copies)
@@ -107,7 +108,7 @@ def simulate(
             latency_s=copy.latency_s,
             transfer_s=transfer_s,
             size_bytes=size,
-            capacity_bps=copy.shared_capacity_bps(size, options.pinned),
+            capacity_bps=capacity_bps,
             record_busy=costs.slowed_by_copies,
         )
     pre_s, cross_s = predictor_times(policy_obj, costs, options)
@@ -150,7 +151,7 @@ def simulate(
         compute_s=out.compute_s,
         bytes_moved=out.bytes_moved,
         link_busy_s=out.link_busy_s,
-        link_capacity_bps=copy.shared_capacity_bps(size, options.pinned),
+        link_capacity_bps=capacity_bps,
         counters=counters,
         timeline=out.timeline,
         wall_s=time.perf_counter() - started,
