@@ -873,14 +873,9 @@ class _Decode:
         num_steps: int,
     ) -> None:
         self.model = model
-        #: where the predictor kernel runs: the side stream, the compute stream, or nowhere (free)
-        self.predictor_stream = (
-            "none"
-            if options.predictor_s == 0.0
-            else "side"
-            if options.predictor_device == "gpu-side"
-            else "compute"
-        )
+        #: whether the predictor kernel runs (not for a free predictor), and on the side stream
+        self.runs_predictor = options.predictor_s != 0.0
+        self.predictor_beside = options.predictor_device == "gpu-side"
         self.controller = controller
         self.num_steps = min(num_steps, controller.workload.num_steps)
         self.dev = model.dev
@@ -1015,10 +1010,10 @@ class _Decode:
         """Launch ``predictor`` (for MoE layer ``j``) once the compute stream passed ``after``, in line on
         the compute stream or beside it on the side stream (``SimOptions.predictor_device``), or not at
         all (``predictor_s`` = 0); returns the gate its predicted copies wait for."""
-        if self.predictor_stream == "none":
+        if not self.runs_predictor:
             return after
         dev, tl = self.dev, self.timeline.on
-        side = self.predictor_stream == "side"
+        side = self.predictor_beside
         stream = dev.side if side else dev.compute
         if side:
             dev.wait(stream, after.marker)
