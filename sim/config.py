@@ -44,7 +44,7 @@ class SimOptions:
       stream of its own beside the compute stream, which loses the calibrated ``predictor_share`` of
       its time) or "cpu" (the paper's MLP on the host, the router decision waits for it; a cross-layer
       gate predictor stays on the GPU, in line). "gpu" is the default: on the H200 a side-stream
-      predictor made every expert copy about 3% slower and the decode 4-5% slower than in line
+      predictor made every expert copy about 3% slower and the decode 3-9% slower than in line
       (reports/validation/session7/);
     - ``predictor_s``: fixed prediction time overriding the profile (None: from the profile; the live
       executor takes only 0, a predictor that costs nothing: it runs no predictor kernel);
