@@ -24,6 +24,12 @@ measurements, presets live in ``sim/profiles/*.toml``)::
                                  # sharing the link; engines then = copies committed to the hardware
     issue_s = 0.0                # optional: host time to issue one copy; it delays the compute stream
                                  # (a host-bound executor launches kernels and copies from one thread)
+    gate_delay_s = 0.0           # optional: a copy waiting for a GPU marker (its gate) lands this long
+                                 # after the marker plus its time alone (the copy stream's wake-up)
+    gap_s = 0.0                  # optional, serial links: idle time between two copies committed back to
+                                 # back (the next starts this long after the one ahead landed)
+    landing_delay_s = 0.0        # optional: an op waiting for a copy ends this long after the landing
+                                 # plus its GPU time alone (the compute stream's wake-up)
     [copy.curve]                 # optional measured single-copy times (linear interpolation in size)
     sizes_bytes = [262144, 1048576]
     pinned_s = [7.8e-06, 2.4e-05]
@@ -129,6 +135,10 @@ class CopyCurve:
             raise ValueError("copy curve: sizes_bytes must be strictly increasing")
 
 
+#: the [copy] latencies that may not be negative; all but the first are optional (omitted when 0)
+DELAYS = ("latency_s", "gate_delay_s", "gap_s", "landing_delay_s")
+
+
 @dataclass(frozen=True)
 class CopyProfile:
     latency_s: float
@@ -140,6 +150,9 @@ class CopyProfile:
     curve: CopyCurve | None = None
     serial: bool = False
     issue_s: float = 0.0
+    gate_delay_s: float = 0.0
+    gap_s: float = 0.0
+    landing_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.engines < 1:
@@ -147,8 +160,9 @@ class CopyProfile:
         for name in ("pinned_gbps", "pageable_gbps", "link_gbps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"copy.{name} must be > 0, got {getattr(self, name)}")
-        if self.latency_s < 0:
-            raise ValueError(f"copy.latency_s must be >= 0, got {self.latency_s}")
+        for name in DELAYS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"copy.{name} must be >= 0, got {getattr(self, name)}")
 
     def transfer_s(self, size_bytes: int, pinned: bool = True) -> float:
         """Time of one copy of ``size_bytes`` alone on an idle link (curve if measured, else the line)."""
@@ -250,8 +264,9 @@ class HardwareProfile:
             del doc["copy"]["concurrency_factor"]
         if not self.copy.serial:
             del doc["copy"]["serial"]  # keeps run keys of profiles without the field unchanged
-        if not self.copy.issue_s:
-            del doc["copy"]["issue_s"]
+        for name in ("issue_s", *DELAYS[1:]):  # optional: absent when 0 (run keys stay unchanged)
+            if not getattr(self.copy, name):
+                del doc["copy"][name]
         if not self.meta.host_probe_s:
             del doc["meta"]["host_probe_s"]
         return doc

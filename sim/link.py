@@ -11,7 +11,9 @@ Model (its parameters come from the hardware profile's ``[copy]`` table):
 - A copy into a slot whose previous copy has not finished waits (outside the queue) until it has; if it
   is more urgent than that previous copy, the previous copy is promoted (priority inheritance).
 - Every copy is submitted by the host at its time with a *gate*, the GPU marker it must not start
-  before (a layer's start, a prediction, a router). ``Link`` takes it when the gate has passed (at
+  before (a layer's start, a prediction, a router). A copy stream that waits for its gate wakes
+  ``gate_delay_s`` after it (``copy.gate_delay_s``: the H200 took 5-9 us from a compute-stream marker to
+  the copy behind it): a gate counts from then. ``Link`` takes a copy when its gate has passed (at
   ``max(host time, gate)``): a copy that could start later never holds an engine meanwhile.
 
 All copies of one run have the same size, so they all move bytes at the same rate: the copies in setup
@@ -25,8 +27,9 @@ and a copy's setup did not overlap the copy ahead of it (9 MiB copies landed 175
 174 us, bytes alone 157 us). The live executor therefore commits every copy to one copy stream, at most
 ``engines`` at once (one moving, one queued), each behind a wait for its gate; when the MoE block needs a
 copy that is still waiting, the host commits it at once, behind the others. So a copy's landing is fixed
-the moment it is committed: it starts when the copy ahead of it has landed and its gate has passed, and
-takes one copy's time alone. Which waiting copy the next free engine takes is decided at host times
+the moment it is committed: it starts ``gap_s`` after the copy ahead of it has landed (``copy.gap_s``: on
+the H200 1.3 us between copies committed back to back) and once its gate has passed, and takes one
+copy's time alone. Which waiting copy the next free engine takes is decided at host times
 (the executor's host commits a copy when it sees an engine free, choosing among what it has submitted
 by then, gate passed or not): a demand load the host decided a layer ahead takes the engine before a
 prefetch whose gate passed long ago (session 7, Qwen3 cross-layer: in the live cold first step no wrong
@@ -112,8 +115,9 @@ class LinkBase:
     copies in order (priority inheritance), the counters the engine reads. ``now`` is the time the link
     has been run to; submissions and advances come in time order."""
 
-    def __init__(self, engines: int, size_bytes: int, record_busy: bool) -> None:
+    def __init__(self, engines: int, size_bytes: int, record_busy: bool, gate_delay_s: float = 0.0) -> None:
         self.engines = engines
+        self.gate_delay_s = gate_delay_s
         self.size_bytes = float(size_bytes)
         self.now = 0.0
         self._queue: list[tuple[int, Transfer]] = []  # (key, copy); stale entries are skipped
@@ -241,10 +245,12 @@ class Link(LinkBase):
         size_bytes: int,
         capacity_bps: float,
         record_busy: bool = False,
+        gate_delay_s: float = 0.0,
     ) -> None:
         """``transfer_s``: one copy of ``size_bytes`` alone on an idle link (setup included);
-        ``record_busy``: keep the periods with a copy in flight, for ``copying_share``."""
-        super().__init__(engines, size_bytes, record_busy)
+        ``record_busy``: keep the periods with a copy in flight, for ``copying_share``; ``gate_delay_s``:
+        a copy's wake-up after its gate."""
+        super().__init__(engines, size_bytes, record_busy, gate_delay_s)
         self.latency_s = latency_s
         wire_s = max(transfer_s - latency_s, 1e-15)
         self.engine_bps = size_bytes / wire_s
@@ -266,6 +272,7 @@ class Link(LinkBase):
         arithmetic)."""
         if not transfers:
             return
+        gate_s += self.gate_delay_s
         at_s = gate_s if gate_s > host_s else host_s
         if at_s > self.now:
             self.advance(at_s)
@@ -390,14 +397,24 @@ class SerialLink(LinkBase):
     """A link that moves one copy at a time, its copies committed to one FIFO by the host (see the module
     docstring): a committed copy's landing is known at once, so the link runs at host times only."""
 
-    def __init__(self, engines: int, transfer_s: float, size_bytes: int, record_busy: bool = False) -> None:
+    def __init__(
+        self,
+        engines: int,
+        transfer_s: float,
+        size_bytes: int,
+        record_busy: bool = False,
+        gate_delay_s: float = 0.0,
+        gap_s: float = 0.0,
+    ) -> None:
         """``engines``: copies the host commits at once (one moving, the others queued behind it);
         ``transfer_s``: one copy of ``size_bytes`` alone, setup included (a copy's setup does not overlap
-        the copy ahead of it)."""
-        super().__init__(engines, size_bytes, record_busy)
+        the copy ahead of it); ``gate_delay_s``: a copy's wake-up after its gate; ``gap_s``: the idle
+        time between a landing and the start of the copy committed behind it."""
+        super().__init__(engines, size_bytes, record_busy, gate_delay_s)
         self.transfer_s = transfer_s
+        self.gap_s = gap_s
         self._fifo: list[Transfer] = []  # committed, not landed, in commit order (= landing order)
-        self._wire_free = 0.0  # when the last committed copy lands
+        self._next_start = 0.0  # the earliest start of the next committed copy (the last landing + gap)
         # copies waiting in the queue (its other entries are stale: committed by the MoE block, or
         # promoted); the queue is cleared or compacted when stale entries dominate, since the MoE block
         # commits most copies ahead of the engines and their entries would pile up
@@ -413,6 +430,7 @@ class SerialLink(LinkBase):
             self.advance(host_s)
         self.pending += len(transfers)
         self.submitted += len(transfers)
+        gate_s += self.gate_delay_s
         queue, fifo, engines = self._queue, self._fifo, self.engines
         for transfer in transfers:
             transfer.gate_s = gate_s
@@ -477,17 +495,18 @@ class SerialLink(LinkBase):
             self._commit(transfer)
 
     def _commit(self, transfer: Transfer) -> None:
-        """Put ``transfer`` at the end of the FIFO now: it moves once the copy ahead has landed and its
-        gate has passed."""
+        """Put ``transfer`` at the end of the FIFO now: it moves ``gap_s`` after the copy ahead has
+        landed, once its gate has passed."""
         start = self.now
         if transfer.gate_s > start:
             start = transfer.gate_s
-        if self._wire_free > start:
-            start = self._wire_free
+        if self._next_start > start:
+            start = self._next_start
         transfer.state = WIRE
         transfer.engine = self.started % self.engines
         transfer.start_s = start
-        transfer.end_s = self._wire_free = start + self.transfer_s
+        transfer.end_s = end = start + self.transfer_s
+        self._next_start = end + self.gap_s
         self._fifo.append(transfer)
         self.started += 1
 

@@ -101,7 +101,14 @@ def simulate(
     capacity_bps = copy.shared_capacity_bps(size, options.pinned)
     link: LinkBase
     if copy.serial:
-        link = SerialLink(copy.engines, transfer_s, size, record_busy=costs.slowed_by_copies)
+        link = SerialLink(
+            copy.engines,
+            transfer_s,
+            size,
+            record_busy=costs.slowed_by_copies,
+            gate_delay_s=copy.gate_delay_s,
+            gap_s=copy.gap_s,
+        )
     else:
         link = Link(
             engines=copy.engines,
@@ -110,6 +117,7 @@ def simulate(
             size_bytes=size,
             capacity_bps=capacity_bps,
             record_busy=costs.slowed_by_copies,
+            gate_delay_s=copy.gate_delay_s,
         )
     pre_s, cross_s = predictor_times(policy_obj, costs, options)
     out = run_engine(

@@ -108,3 +108,30 @@ def test_profiles_without_the_serial_field_keep_their_dictionary() -> None:
     profile = load_profile("a100-pcie-gen4")
     assert "serial" not in profile.to_dict()["copy"]
     assert profile.with_copy(serial=True).to_dict()["copy"]["serial"] is True
+
+
+def test_copies_committed_back_to_back_land_one_copy_time_and_one_gap_apart() -> None:
+    """On the H200 two copies committed back to back on one stream left 1.3 us between them (session 8):
+    ``gap_s`` after a landing the next copy starts."""
+    link = SerialLink(2, transfer_s=COPY_S, size_bytes=SIZE, gap_s=1e-5)
+    burst = [_transfer(i, i) for i in range(3)]
+    link.submit_all(burst, 0.0)
+    link.drain()
+    assert [t.start_s for t in burst] == pytest.approx([0.0, 1.1e-4, 2.2e-4])
+    assert [t.end_s for t in burst] == pytest.approx([1e-4, 2.1e-4, 3.2e-4])
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_a_copy_waiting_for_its_gate_starts_gate_delay_after_it_and_only_then(serial: bool) -> None:
+    """A copy stream waiting for a compute-stream marker wakes a few microseconds after it (5-9 us on the
+    H200, session 7's timelines); a copy whose gate passed long before starts at once."""
+    delay = 7e-6
+    if serial:
+        link = SerialLink(2, transfer_s=COPY_S, size_bytes=SIZE, gate_delay_s=delay)
+    else:
+        link = Link(2, 0.0, COPY_S, SIZE, SIZE / COPY_S, gate_delay_s=delay)
+    gated, passed = _transfer(0, 0), _transfer(1, 1)
+    link.submit(gated, 0.0, gate_s=5e-4)  # submitted by a host ahead of the GPU
+    assert link.finish_time(gated) == pytest.approx(5e-4 + delay + COPY_S)
+    link.submit(passed, 2e-3, gate_s=1e-3)  # its gate passed a millisecond ago
+    assert link.finish_time(passed) == pytest.approx(2e-3 + COPY_S)

@@ -46,6 +46,10 @@ def test_profiles_round_trip_through_toml(tmp_path: Path) -> None:
     richer = dataclasses.replace(profile, compute=dataclasses.replace(profile.compute, curves=(attention,)))
     richer.save(path)
     assert load_profile(path) == richer
+    delayed = profile.with_copy(gate_delay_s=7e-6, gap_s=1.3e-6, landing_delay_s=4e-6)
+    delayed.save(path)
+    assert load_profile(path) == delayed
+    assert "gap_s" not in profile.with_copy(gap_s=0.0).to_toml()  # absent when 0, like issue_s
 
 
 @pytest.mark.parametrize(
@@ -57,6 +61,11 @@ def test_profiles_round_trip_through_toml(tmp_path: Path) -> None:
             "[meta]\nname='x'\nsource='y'\n[copy]\nlatency_s=0\npinned_gbps=1\npageable_gbps=1\nengines=0\n"
             "link_gbps=1\n[compute]\nlaunch_overhead_s=0\npeak_tflops=1\nhbm_gbps=1\n",
             "engines must be >= 1",
+        ),
+        (
+            "[meta]\nname='x'\nsource='y'\n[copy]\nlatency_s=0\npinned_gbps=1\npageable_gbps=1\nengines=1\n"
+            "link_gbps=1\ngap_s=-1e-6\n[compute]\nlaunch_overhead_s=0\npeak_tflops=1\nhbm_gbps=1\n",
+            "gap_s must be >= 0",
         ),
     ],
 )
