@@ -48,6 +48,9 @@ KERNELS = {
     "dense": 5,
     "predictor_gpu": 5,
 }
+#: GPU ops of a MoE layer besides its routed experts, as the live executor launches them: input norm,
+#: attention, residual add, post-attention norm, router, shared experts (or zeroing the MoE sum), add
+MOE_LAYER_OPS = 7
 #: hidden width of the paper's predictor MLP (d -> 2048 -> E)
 PREDICTOR_HIDDEN = 2048
 #: host overhead of one CPU predictor call (framework dispatch), on top of its FLOPs
@@ -90,6 +93,8 @@ class CostModel:
         self.slowed_by_copies = any(curve is not None for curve in self._copying_curves.values())
         #: host time to issue one copy (delays the compute stream of a host-bound executor)
         self.issue_s = hardware.copy.issue_s
+        #: the compute stream's wake-up after a copy it waits for has landed
+        self.landing_delay_s = hardware.copy.landing_delay_s
         # bind memoised versions per instance
         self.norm_s = lru_cache(maxsize=None)(self._norm_s)
         self.add_s = lru_cache(maxsize=None)(self._add_s)
@@ -234,6 +239,15 @@ class CostModel:
         ops timed one at a time do not show), measured by calibration; 0 without such a curve."""
         curve = self._curves["gpu_layer"]
         return curve.at(tokens) * self.scale if curve is not None else 0.0
+
+    def gpu_gap_s(self, tokens: int) -> float:
+        """The GPU's idle time before each op of a MoE layer: ``gpu_layer_s`` spread evenly over the
+        ``MOE_LAYER_OPS + top_k`` ops of a layer at one token per expert. The live executor's timelines
+        put the gaps there, before every op (session 8: about 9-10 us before each router decision in
+        every shape, and the rest in the MoE block, more with more experts), not in one place: a lump
+        before the router delayed on-demand loads and left prefetches' critical path short."""
+        layer_s = self.gpu_layer_s(tokens)
+        return layer_s / (MOE_LAYER_OPS + self.shape.top_k) if layer_s else 0.0
 
     def predictor_share(self, device: str = "gpu") -> float:
         """The share of a GPU predictor's time that the compute stream loses: all of it in line ("gpu";

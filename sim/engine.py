@@ -33,8 +33,8 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   last add keep their few microseconds alone).
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
   its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy that
-  takes a copy engine; on the GPU, ``gpu_layer`` per MoE layer before its router (the gaps between a
-  layer's launches). The live executor commits a copy to a copy stream only when one is free: at the
+  takes a copy engine; on the GPU, ``gpu_layer`` per MoE layer, spread evenly as a gap before each of
+  its ops (sim.costs.gpu_gap_s: the idle time between a layer's launches). The live executor commits a copy to a copy stream only when one is free: at the
   submission that queues it, or while it polls. So the host pays for the copies that took an engine
   at each submission, and, for those that took one while it worked on, when it next waits (for the
   GPU at a layer's start or a step's end), where the cost hides in the wait it would spin through.
@@ -43,7 +43,9 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   router, predicted copies behind the predictor (sim.link: a shared link starts a copy once both have
   passed; a serial link's next free engine goes to the most urgent copy submitted by then, which waits
   there for its gate). The MoE block commits the copies it still waits for at once (a serial link's
-  FIFO then fixes their landings), as the live executor does. The controller learns which copies
+  FIFO then fixes their landings), as the live executor does. An expert waiting for a copy starts
+  ``copy.landing_delay_s`` after the landing (the compute stream's wake-up; a copy's own wake-up after
+  its gate, ``copy.gate_delay_s``, is the link's). The controller learns which copies
   landed right before each router decision (at the host's time: the only decision that reads them,
   hit versus late) and at the end.
 - A step's latency is the GPU time from the previous step's end marker to this one's (recorded after
@@ -285,21 +287,23 @@ class _Run:
                     transfer = next(late_iter) if st == LATE else next(demand_iter)
                     waiting.append((link.finish_time(transfer), i))
             waiting.sort()
+        gap = self.gap_s
         for i, st in enumerate(status):
             if st == HIT:
                 g_i = self.beside_copies(t, gs[i], copying[i])
-                t += g_i
+                t += gap + g_i
                 h += cs[i]
                 if h > t:
                     t = h
                 if timeline.on:
                     timeline.add("compute", "expert", t - g_i, t, j, decision.experts[i])
         layer_stall = 0.0
+        woken = self.costs.landing_delay_s
         for landed, i in waiting:
             h += cs[i]
-            start = max(t, landed)
+            start = max(t + gap, landed + woken)
             g_i = self.beside_copies(start, gs[i], copying[i])
-            ready = t + g_i  # without the wait for the copy
+            ready = t + gap + g_i  # without the wait for the copy
             if h > ready:
                 ready = h
             t = start + g_i
@@ -357,7 +361,7 @@ class _Run:
             g = boundary
             issued = controller.begin_step(s)
             if issued:
-                link.submit_all(issued, h, h)
+                link.submit_all(issued, h, boundary)
                 h = paid_starts(h)
             step = controller.step
             assert step is not None
@@ -374,7 +378,10 @@ class _Run:
             g_norm = gpu_s("norm", n_tok, 0)
             g_add = gpu_s("add", n_tok, 0)
             g_router = gpu_s("router", n_tok, 0)
-            g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router + costs.gpu_layer_s(n_tok)
+            # the gap before each GPU op of a MoE layer: four in the attention group, one before the input
+            # norm, the shared experts (or the zeroed MoE sum), each routed expert and the last add
+            self.gap_s = gap = costs.gpu_gap_s(n_tok)
+            g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router + 4 * gap
             g_shared = gpu_s("shared", n_tok, 0)
             g_one = gpu_s("expert", 1, 0)
             dense = 2 * norm + attn + launch_s("dense", n_tok, 0) + 2 * add
@@ -387,7 +394,7 @@ class _Run:
                 + copying_s("add", n_tok, 0)
                 + copying_s("norm", n_tok, 0)
                 + copying_s("router", n_tok, 0)
-                + costs.gpu_layer_s(n_tok)
+                + 4 * gap
             )
             gc_shared = copying_s("shared", n_tok, 0)
             gc_one = copying_s("expert", 1, 0)
@@ -409,7 +416,7 @@ class _Run:
                     h = self.waited(h, r_back2)
                 # layer start: the input norm is launched; on the GPU the pre-attention predictor starts
                 # (an empty batch is neither submitted nor charged)
-                g_ls = max(g, h) + g_norm
+                g_ls = max(g, h) + gap + g_norm
                 h += norm
                 if h > g_ls:
                     g_ls = h
@@ -461,6 +468,7 @@ class _Run:
                 # the MoE block: shared and hit experts launched first, then the others in landing order
                 # (a cross-layer gate predictor beside it takes its share of the GPU)
                 t = t_router + cross_loss if j + 1 < num_moe else t_router
+                t += gap  # before the shared experts, or the zeroing of the MoE sum
                 if shared > 0:
                     t += beside(t, g_shared, gc_shared) if slowed else g_shared
                     h += shared
@@ -474,13 +482,13 @@ class _Run:
                     # h + k * c_one) over the k experts, in closed form (beside copies: the share of the
                     # experts' time alone with a copy in flight stretches them all alike)
                     n_exp = len(status)
-                    g_exp = beside(t, n_exp * g_one, n_exp * gc_one) / n_exp if slowed else g_one
+                    g_exp = gap + (beside(t, n_exp * g_one, n_exp * gc_one) / n_exp if slowed else g_one)
                     end = h + (n_exp * c_one if c_one >= g_exp else c_one + (n_exp - 1) * g_exp)
                     t = max(t + n_exp * g_exp, end)
                     h += n_exp * c_one
                 else:
                     t, h = self._moe_experts(decision, t, h, j, n_tok, c_one, g_one, gc_one)
-                t += g_add
+                t += gap + g_add
                 h += add
                 if h > t:
                     t = h

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -390,3 +393,40 @@ def test_the_host_pays_for_a_copy_when_it_takes_an_engine_or_at_its_next_wait() 
     assert costly.paid_starts(0.0) == pytest.approx(2e-3)
     # a wait too short for their cost ends when the host has issued them
     assert costly.waited(2e-3, 2.5 * copy_s) == pytest.approx(2e-3 + 2 * 2e-3)
+
+
+def test_gpu_layer_is_a_gap_before_each_op_of_a_moe_layer() -> None:
+    """``gpu_layer`` (GPU time per MoE layer outside its ops) is spread evenly before the layer's 7 + k
+    ops: the live timelines showed the gaps between all of them, not in one place (session 8)."""
+    shape = tiny_shape(num_moe_layers=3, num_shared_experts=1)
+    trace = tiny_trace(shape)
+    layer_s = 90e-6
+    cache, policy, options = CacheConfig(fraction=1.0), PolicySpec("resident"), SimOptions(timeline_steps=1)
+    plain = tiny_hardware(launch_overhead_s=1e-9)  # the host launches each op in its GPU time
+    gapped = _with_curves(plain, shape, {"gpu_layer": layer_s})
+    without = simulate(trace, shape, plain, cache, policy, options)
+    result = simulate(trace, shape, gapped, cache, policy, options)
+    np.testing.assert_allclose(
+        result.step_latency_s - without.step_latency_s, layer_s * shape.num_moe_layers, rtol=1e-9
+    )
+    gap = layer_s / (7 + shape.top_k)
+    # layer 1's norm, router, shared experts and routed experts; from the router on, one gap before each
+    block = sorted((i[2], i[3]) for i in result.timeline if i[4] == 1 and i[1] != "attention")
+    idle = [b[0] - a[1] for a, b in itertools.pairwise(block[1:])]
+    assert idle == pytest.approx([gap] * (len(block) - 2))
+
+
+def test_an_expert_waiting_for_its_copy_starts_landing_delay_after_the_landing() -> None:
+    shape = tiny_shape(num_moe_layers=3)
+    trace = tiny_trace(shape)
+    delay = 4e-6
+    host = tiny_hardware(engines=1, gbps=0.3)  # every expert waits for its copy
+    woken = dataclasses.replace(host, copy=dataclasses.replace(host.copy, landing_delay_s=delay))
+    result = simulate(
+        trace, shape, woken, CacheConfig(slots=0), PolicySpec("on-demand"), SimOptions(timeline_steps=1)
+    )
+    timeline = result.timeline
+    landed = {(layer, e): end for lane, _, _, end, layer, e in timeline if lane.startswith("copy")}
+    experts = [(start, (layer, e)) for _, kind, start, _, layer, e in timeline if kind == "expert"]
+    starts = [(start, landed[key]) for start, key in experts if key in landed]  # not the hits
+    assert starts and all(start == pytest.approx(land + delay) for start, land in starts)
