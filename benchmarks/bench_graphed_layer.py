@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from sim import kernels
-from sim.calibrate import sleep_cycles_per_s
 from sim.host_speed import step_probe_s
+from sim.stream_delays import sleep_cycles_per_s
 from traces.shapes import resolve_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

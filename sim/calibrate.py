@@ -31,6 +31,7 @@ import numpy as np
 from sim.costs import CostModel
 from sim.hardware import GPU_TIMED_OPS
 from sim.host_speed import HostGate, fast_steps, step_probe_s
+from sim.stream_delays import COPIES, StreamDelays, measure_stream_delays, sleep_cycles_per_s
 from traces.schema import ModelShape
 
 T = TypeVar("T")
@@ -203,6 +204,9 @@ class Calibration:
     #: {"phase", "probe_s", "after_s", "waited_s", "attempts", "timed_out", "slow_after"}
     host_probe_s: float = 0.0
     host_gates: list[dict[str, Any]] = field(default_factory=list)
+    #: the hand-overs between the executor's streams (sim.stream_delays); None on the CPU and in
+    #: calibrations that predate them
+    stream_delays: StreamDelays | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,6 +218,8 @@ class Calibration:
         doc["concurrency"] = [ConcurrencyPoint(**c) for c in doc["concurrency"]]
         doc["shapes"] = {k: ShapeTimings(**v) for k, v in doc["shapes"].items()}
         doc["host_runs"] = [HostRun(**r) for r in doc.get("host_runs", [])]
+        delays = doc.get("stream_delays")
+        doc["stream_delays"] = StreamDelays(**delays) if delays else None
         return cls(**doc)
 
 
@@ -295,21 +301,6 @@ def fast_samples(samples: list[list[float]], probes: list[list[float]]) -> list[
         kept = [x for x, fast in zip(xs, fast_steps(np.asarray(ps), reference), strict=True) if fast]
         out.append(kept or xs)
     return out
-
-
-def sleep_cycles_per_s(device: Any) -> float:
-    """Clock cycles per second of ``torch.cuda._sleep`` (a spinning kernel that holds a stream while
-    launches queue up behind it), timed once on ``device``."""
-    import torch
-
-    cycles = 2_000_000
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(cycles)
-    end.record()
-    torch.cuda.synchronize(device)
-    return cycles / (start.elapsed_time(end) / 1e3)
 
 
 class Stopwatch:
@@ -1048,6 +1039,11 @@ def calibrate(
         copies = measure_copies(watch, sorted(copy_sizes))
         say("concurrent copies")
         concurrency = measure_concurrency(watch, effort.concurrency_streams, effort.concurrency_size_bytes)
+        delays = None
+        if dev.type == "cuda" and shapes:
+            say("hand-overs between the copy and compute streams")
+            size = shapes[0].bytes_per_expert
+            delays = measure_stream_delays(dev, size, reps=effort.reps, warmup=effort.warmup)
         timings = {}
         for shape in shapes:
             say(f"decode ops of {shape.name}")
@@ -1070,6 +1066,7 @@ def calibrate(
         copies=copies,
         concurrency=concurrency,
         shapes=timings,
+        stream_delays=delays,
         **env,
     )
     if host_costs:
@@ -1290,6 +1287,7 @@ def to_profile(
             "run of the first shape into a quarter-size cache (by bisection; all over the steps whose host "
             "probe showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
         )
+        + _delays_note(result.stream_delays)
         + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
@@ -1321,6 +1319,7 @@ def to_profile(
             curve=CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ()),
             serial=serial,
             issue_s=result.issue_s,
+            **_delays(result.stream_delays),
         ),
         compute=ComputeProfile(
             launch_overhead_s=result.launch_overhead_s,
@@ -1329,6 +1328,27 @@ def to_profile(
             cpu_gflops=max(cpu_gflops(result.shapes[s.name], s) for s in shapes) if shapes else 200.0,
             curves=tuple(curves),
         ),
+    )
+
+
+def _delays(measured: StreamDelays | None) -> dict[str, float]:
+    """The [copy] delays of a profile from what calibration measured (none: 0, the profile omits them)."""
+    if measured is None:
+        return {}
+    return {name: getattr(measured, name) for name in ("gate_delay_s", "gap_s", "landing_delay_s")}
+
+
+def _delays_note(measured: StreamDelays | None) -> str:
+    if measured is None:
+        return ""
+    return (
+        f" Stream hand-overs (sim.stream_delays, copies of {measured.size_bytes / MIB:.1f} MiB, each "
+        f"sequence queued behind a sleeping kernel): a copy alone {measured.alone_s * 1e6:.1f} us; "
+        f"{COPIES} committed back to back, each behind a passed marker, one every "
+        f"{measured.period_s * 1e6:.1f} us (gap_s); a copy behind a compute-stream marker landed "
+        f"{measured.gated_s * 1e6:.1f} us after it (gate_delay_s); a small graph op behind a copy's landing "
+        f"ended {measured.landed_op_s * 1e6:.1f} us after it, {measured.op_alone_s * 1e6:.1f} us alone "
+        "(landing_delay_s)."
     )
 
 
