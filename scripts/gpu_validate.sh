@@ -7,7 +7,9 @@
 #
 # Environment: OUT (default ./gpu-out), SHAPES (the grid's shapes to calibrate and run, default all),
 # CALIBRATE_SHAPES (the shapes to calibrate, default SHAPES: a profile may cover more shapes than run),
-# HOST_BUDGET_GIB (pinned host memory for routed experts, default 8). simpy is not installed on the GPU
+# HOST_BUDGET_GIB (pinned host memory for routed experts, default 8), PROFILE (a profile this machine
+# calibrated already, e.g. by an earlier run of this script: calibration is skipped and the grid runs with
+# it; h200.toml and calibration.json are then not written). simpy is not installed on the GPU
 # machine: carry its wheel in .whl/ (pip download --no-deps -d .whl simpy==4.1.2) and it is installed
 # into /tmp/site here (calibration's host-cost step compares a live run with the simulator).
 # The live executor replays its ops from CUDA graphs (since session 5), but its host still decides and
@@ -20,7 +22,8 @@
 # The GPU's clocks, power and utilisation are sampled every 200 ms throughout (the validate log's lines
 # carry times to line them up with the runs; session 6 found the SM clock at its 1980 MHz maximum through
 # every run: the ops that session 5 saw 25% slower were slowed by copies in flight, not by the clock).
-# Leaves 5 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet.
+# Leaves 5 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet
+# (3 with PROFILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-reports/validation/grid.toml}
@@ -52,11 +55,16 @@ PIN=()
     shape_args=() grid_shapes=()
     for s in ${CALIBRATE_SHAPES:-$SHAPES}; do shape_args+=(--model-shape "$s"); done
     for s in $SHAPES; do grid_shapes+=(--shape "$s"); done
-    "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
-        --out "$OUT/h200.toml" --raw "$OUT/calibration.json" --host-gate-timeout "${HOST_GATE_S:-30}"
-    echo "calibration took ${SECONDS}s"
+    if [ -z "${PROFILE:-}" ]; then
+        PROFILE="$OUT/h200.toml"
+        "${PIN[@]}" python3 -m moe_prefetch calibrate "${shape_args[@]}" --name h200 \
+            --out "$PROFILE" --raw "$OUT/calibration.json" --host-gate-timeout "${HOST_GATE_S:-30}"
+        echo "calibration took ${SECONDS}s"
+    else
+        echo "calibration skipped: the grid runs with $PROFILE"
+    fi
     SECONDS=0
-    "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$OUT/h200.toml" --out "$OUT/validation" \
+    "${PIN[@]}" python3 -m moe_prefetch validate --grid "$GRID" --hardware "$PROFILE" --out "$OUT/validation" \
         "${grid_shapes[@]}" --host-budget-gib "$HOST_BUDGET_GIB" --live-only
     echo "validation took ${SECONDS}s"
 } 2>&1 | tee "$OUT/log.txt"
