@@ -1210,6 +1210,17 @@ def to_profile(
         engines = result.copy_engines or (
             1 if result.device == "cpu" else max(p.streams for p in result.concurrency)
         )
+    curve = CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ())
+    measured = result.stream_delays
+    # the delays are what the hand-overs took beyond the time the simulator charges a copy: the curve's
+    delayed_copy_s = (
+        0.0
+        if measured is None
+        else CopyProfile(latency_s, pinned_gbps, pageable_gbps, 1, pinned_gbps, curve=curve).transfer_s(
+            measured.size_bytes
+        )
+    )
+    delays = {} if measured is None else measured.delays(delayed_copy_s)
     curves = []
     for shape in shapes:
         t = result.shapes[shape.name]
@@ -1287,7 +1298,7 @@ def to_profile(
             "run of the first shape into a quarter-size cache (by bisection; all over the steps whose host "
             "probe showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
         )
-        + _delays_note(result.stream_delays)
+        + _delays_note(result.stream_delays, delayed_copy_s)
         + (f" {result.notes}" if result.notes else "")
         + (
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
@@ -1316,10 +1327,10 @@ def to_profile(
             engines=int(engines),
             link_gbps=most.aggregate_gbps,
             concurrency_factor=sharing,
-            curve=CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ()),
+            curve=curve,
             serial=serial,
             issue_s=result.issue_s,
-            **_delays(result.stream_delays),
+            **delays,
         ),
         compute=ComputeProfile(
             launch_overhead_s=result.launch_overhead_s,
@@ -1331,24 +1342,18 @@ def to_profile(
     )
 
 
-def _delays(measured: StreamDelays | None) -> dict[str, float]:
-    """The [copy] delays of a profile from what calibration measured (none: 0, the profile omits them)."""
-    if measured is None:
-        return {}
-    return {name: getattr(measured, name) for name in ("gate_delay_s", "gap_s", "landing_delay_s")}
-
-
-def _delays_note(measured: StreamDelays | None) -> str:
+def _delays_note(measured: StreamDelays | None, copy_s: float) -> str:
     if measured is None:
         return ""
     return (
-        f" Stream hand-overs (sim.stream_delays, copies of {measured.size_bytes / MIB:.1f} MiB, each "
-        f"sequence queued behind a sleeping kernel): a copy alone {measured.alone_s * 1e6:.1f} us; "
+        f" Stream hand-overs (sim.stream_delays, copies of {measured.size_bytes / MIB:.1f} MiB, "
+        f"{copy_s * 1e6:.1f} us on the copy curve; each sequence queued behind a sleeping kernel): "
         f"{COPIES} committed back to back, each behind a passed marker, one every "
-        f"{measured.period_s * 1e6:.1f} us (gap_s); a copy behind a compute-stream marker landed "
-        f"{measured.gated_s * 1e6:.1f} us after it (gate_delay_s); a small graph op behind a copy's landing "
-        f"ended {measured.landed_op_s * 1e6:.1f} us after it, {measured.op_alone_s * 1e6:.1f} us alone "
-        "(landing_delay_s)."
+        f"{measured.period_s * 1e6:.1f} us (gap_s: the excess over the curve); a copy behind a "
+        f"compute-stream marker landed {measured.gated_s * 1e6:.1f} us after it (gate_delay_s: the "
+        f"excess); a small graph op behind a copy's landing ended {measured.landed_op_s * 1e6:.1f} us after "
+        f"it, {measured.op_alone_s * 1e6:.1f} us alone (landing_delay_s: the difference); one copy on the "
+        f"idle copy stream behind a passed marker took {measured.alone_s * 1e6:.1f} us."
     )
 
 

@@ -34,8 +34,9 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
 - Host costs (measured by calibration, zero in datasheet presets): ``host_layer`` per MoE layer before
   its router decision (the executor's decisions, events, polling), and ``copy.issue_s`` per copy that
   takes a copy engine; on the GPU, ``gpu_layer`` per MoE layer, spread evenly as a gap before each of
-  its ops (sim.costs.gpu_gap_s: the idle time between a layer's launches). The live executor commits a copy to a copy stream only when one is free: at the
-  submission that queues it, or while it polls. So the host pays for the copies that took an engine
+  its ops (sim.costs.gpu_gap_s: the idle time between a layer's launches). The live executor commits
+  a copy to a copy stream only when one is free: at the submission that queues it, or while it polls.
+  So the host pays for the copies that took an engine
   at each submission, and, for those that took one while it worked on, when it next waits (for the
   GPU at a layer's start or a step's end), where the cost hides in the wait it would spin through.
 - The host submits every copy at its own time with a gate, the GPU marker it must not start before:

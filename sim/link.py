@@ -550,13 +550,24 @@ class SerialLink(LinkBase):
 
     def copying_share(self, start_s: float, end_s: float) -> float:
         """The share of ``[start_s, end_s]`` with a copy moving, from the landed and the committed copies
-        (never running the link on: copies committed later move after those). Queries must come in time
-        order: periods that ended before ``start_s`` are forgotten."""
+        and the copies waiting for an engine. The link is not run on: it stands at the host's time, and
+        the GPU asks about later times, by which the host will have committed waiting copies as engines
+        freed, so these count too: from the next one's gate (or the last committed landing), back to back
+        (session 8: without them, hits computed beside queued prefetches ran at their time alone). Queries
+        must come in time order: periods that ended before ``start_s`` are forgotten."""
         busy = self._ended_busy_s(start_s, end_s)
         for transfer in self._fifo:
             a, b = transfer.start_s, transfer.end_s
             if a >= end_s:
                 break
             if b > start_s:
+                busy += min(b, end_s) - max(a, start_s)
+        if self._queued and self._next_start < end_s:
+            queue = self._queue
+            while _stale(*queue[0]):  # the heap's top is the next copy to commit
+                heappop(queue)
+            a = max(self._next_start, self.now, queue[0][1].gate_s)
+            b = a + self._queued * (self.transfer_s + self.gap_s)
+            if a < end_s and b > start_s:
                 busy += min(b, end_s) - max(a, start_s)
         return busy / (end_s - start_s) if end_s > start_s else 0.0

@@ -3,23 +3,28 @@
 The live executor (sim.live) orders its work with CUDA events: a copy stream waits for a compute-stream
 marker (the copy's *gate*: a layer's start, a prediction, a router), a copy committed behind another
 follows it on the same stream, and the compute stream waits for a copy's landing before the expert that
-reads it. Each hand-over costs time that neither a copy timed alone nor an op timed alone shows. The live
-timelines of session 7 put it at 5-9 us from a gate to the copy behind it, 1.3 us between two copies
-committed back to back and 4-5 us from a landing to the expert behind it (with the timeline's own events
-in between): a few percent of a link-bound decode, all on its critical path.
+reads it. Each hand-over may cost time that neither a copy timed alone nor an op timed alone shows. The
+live timelines of session 7 put it at 5-9 us from a gate to the copy behind it, 1.3 us between two copies
+committed back to back and 4-5 us from a landing to the expert behind it, with the timeline's own events
+in between; timed without them (session 8, 9 MiB copies), a gated copy landed 3.9 us later than the copy
+curve's time after its gate, back-to-back copies followed each other at the curve's pace, and an op
+behind a landing ended 5.3 us later than alone: a few percent of a link-bound decode, on its critical
+path.
 
 ``measure_stream_delays`` times each hand-over the way the executor performs it, with nothing else on the
 GPU: every sequence is queued behind a sleeping kernel, so the host's launches never show:
 
-- ``alone_s``: one copy between two events on an idle copy stream (as the copy curve times it);
+- ``alone_s``: one copy between two events on an idle copy stream, behind a passed marker (for the
+  record: 2-7 us more than the copy curve, which times a copy on an idle GPU);
 - ``period_s``: per copy, ``COPIES`` copies committed back to back, each behind a wait for a passed
   marker and followed by its landing marker, as the executor commits them;
 - ``gated_s``: from a compute-stream marker to the landing of the copy that waited for it;
 - ``op_alone_s``: a small CUDA-graph op between two events on the compute stream;
 - ``landed_op_s``: from a copy's landing marker to the end of that op, queued behind a wait for it.
 
-The delays are the differences: ``gate_delay_s = gated_s - alone_s``, ``gap_s = period_s - alone_s``,
-``landing_delay_s = landed_op_s - op_alone_s`` (each at least 0).
+The delays (``StreamDelays.delays``) are the differences from what the simulator already charges, a copy's
+time alone on the copy curve (``copy_s``) and the op's time alone: ``gate_delay_s = gated_s - copy_s``,
+``gap_s = period_s - copy_s``, ``landing_delay_s = landed_op_s - op_alone_s`` (each at least 0).
 """
 
 from __future__ import annotations
@@ -46,20 +51,16 @@ class StreamDelays:
     op_alone_s: float
     landed_op_s: float
 
-    @property
-    def gate_delay_s(self) -> float:
-        """A gated copy's wake-up: it lands this long after its gate plus its time alone."""
-        return max(0.0, self.gated_s - self.alone_s)
-
-    @property
-    def gap_s(self) -> float:
-        """The idle time between two copies committed back to back on one stream."""
-        return max(0.0, self.period_s - self.alone_s)
-
-    @property
-    def landing_delay_s(self) -> float:
-        """An op waiting for a copy ends this long after the landing plus its GPU time alone."""
-        return max(0.0, self.landed_op_s - self.op_alone_s)
+    def delays(self, copy_s: float) -> dict[str, float]:
+        """The profile's ``[copy]`` delays, for a link that charges ``copy_s`` per copy of ``size_bytes``
+        (the copy curve's time): ``gate_delay_s``, a gated copy's wake-up (it lands this long after its
+        gate plus ``copy_s``); ``gap_s``, the idle time between copies committed back to back;
+        ``landing_delay_s``, the compute stream's wake-up after a landing."""
+        return {
+            "gate_delay_s": max(0.0, self.gated_s - copy_s),
+            "gap_s": max(0.0, self.period_s - copy_s),
+            "landing_delay_s": max(0.0, self.landed_op_s - self.op_alone_s),
+        }
 
 
 def measure_stream_delays(device: Any, size_bytes: int, reps: int = 20, warmup: int = 3) -> StreamDelays:

@@ -329,23 +329,27 @@ def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_t
 
 
 def test_stream_hand_overs_become_the_profiles_copy_delays_and_round_trip() -> None:
+    """The delays are what each hand-over took beyond what the simulator charges: a copy's time on the
+    copy curve, the op's time alone."""
     from sim.stream_delays import StreamDelays
 
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
     assert result.stream_delays is None  # measured on a GPU only
     assert cal.to_profile(result, [TINY]).copy.gate_delay_s == 0.0
+    copy_s = cal.to_profile(result, [TINY]).copy.transfer_s(TINY.bytes_per_expert)
     result.stream_delays = StreamDelays(
         size_bytes=TINY.bytes_per_expert,
-        alone_s=100e-6,
-        period_s=101.5e-6,
-        gated_s=107e-6,
+        alone_s=copy_s + 3e-6,
+        period_s=copy_s + 1.5e-6,
+        gated_s=copy_s + 7e-6,
         op_alone_s=3e-6,
         landed_op_s=7.5e-6,
     )
-    copy = cal.to_profile(result, [TINY]).copy
+    profile = cal.to_profile(result, [TINY])
+    copy = profile.copy
     assert (copy.gate_delay_s, copy.gap_s, copy.landing_delay_s) == pytest.approx((7e-6, 1.5e-6, 4.5e-6))
-    assert "one every 101.5 us" in cal.to_profile(result, [TINY]).meta.notes
+    assert f"one every {(copy_s + 1.5e-6) * 1e6:.1f} us" in profile.meta.notes
     again = cal.Calibration.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result
-    faster = dataclasses.replace(result.stream_delays, period_s=99e-6)  # never a negative delay
-    assert faster.gap_s == 0.0
+    faster = result.stream_delays.delays(copy_s + 2e-6)  # never a negative delay
+    assert faster["gap_s"] == 0.0 and faster["gate_delay_s"] == pytest.approx(5e-6)

@@ -135,3 +135,18 @@ def test_a_copy_waiting_for_its_gate_starts_gate_delay_after_it_and_only_then(se
     assert link.finish_time(gated) == pytest.approx(5e-4 + delay + COPY_S)
     link.submit(passed, 2e-3, gate_s=1e-3)  # its gate passed a millisecond ago
     assert link.finish_time(passed) == pytest.approx(2e-3 + COPY_S)
+
+
+def test_copying_share_counts_the_copies_waiting_for_an_engine_from_the_next_ones_gate() -> None:
+    """The GPU asks about times the link has not reached (it stands at the host's time): copies waiting
+    for an engine then will move back to back behind the committed ones, from the next one's gate."""
+    link = SerialLink(2, transfer_s=COPY_S, size_bytes=SIZE, record_busy=True)
+    burst = [_transfer(i, i) for i in range(4)]
+    link.submit_all(burst, 0.0)  # two committed, two waiting
+    assert link.copying_share(2e-4, 4e-4) == pytest.approx(1.0)
+    assert link.copying_share(4e-4, 5e-4) == pytest.approx(0.0)
+    late = SerialLink(1, transfer_s=COPY_S, size_bytes=SIZE, record_busy=True)
+    late.submit(_transfer(0, 0), 0.0)
+    late.submit(_transfer(1, 1), 0.0, gate_s=3e-4)  # waits for an engine and for its gate
+    assert late.copying_share(1e-4, 3e-4) == pytest.approx(0.0)
+    assert late.copying_share(3e-4, 4e-4) == pytest.approx(1.0)
