@@ -14,6 +14,7 @@ says so).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -115,8 +116,13 @@ def _measure(args: argparse.Namespace, shapes: list[ModelShape]) -> Calibration:
         effort=effort,
         host_costs=not args.no_host_costs,
         host_gate_timeout_s=args.host_gate_timeout,
-        progress=lambda m: print(f"calibrate: {m}", file=sys.stderr),
+        progress=_say,
     )
+
+
+def _say(message: str) -> None:
+    """A progress line, with the time (a GPU log then shows where a calibration spent its minutes)."""
+    print(f"calibrate {datetime.datetime.now():%H:%M:%S}: {message}", file=sys.stderr, flush=True)
 
 
 def _read_raw(path: str, names: list[str]) -> Calibration:
