@@ -717,7 +717,7 @@ def open_model(
 
     device = resolve_device(live.device)
     plan = plan_memory(shape, slots, transfers, batch, max_context, predictor, live.host_budget_bytes)
-    check_memory(plan, shape, _free_gpu_bytes(device), available_host_bytes())
+    check_memory(plan, shape, free_gpu_bytes(device), available_host_bytes())
     return LiveModel(
         shape,
         plan.slots,
@@ -732,7 +732,8 @@ def open_model(
     )
 
 
-def _free_gpu_bytes(device: torch.device) -> int:
+def free_gpu_bytes(device: torch.device) -> int:
+    """Free memory of ``device`` (a practically unlimited amount on the CPU)."""
     import torch
 
     if device.type != "cuda":

@@ -353,3 +353,20 @@ def test_stream_hand_overs_become_the_profiles_copy_delays_and_round_trip() -> N
     assert again == result
     faster = result.stream_delays.delays(copy_s + 2e-6)  # never a negative delay
     assert faster["gap_s"] == 0.0 and faster["gate_delay_s"] == pytest.approx(5e-6)
+
+
+def test_the_resident_host_cost_run_decodes_the_whole_model_where_it_fits(monkeypatch) -> None:
+    """The GPU's time outside the ops is the whole model's (session 8: DeepSeek-V2-Lite's first 12 layers
+    ran per layer up to 9% off its full model); the copy run stays truncated."""
+    import torch
+
+    from sim import live
+    from traces.shapes import resolve_shape
+
+    deepseek, cpu = resolve_shape("deepseek-v2-lite"), torch.device("cpu")
+    assert cal.host_run_layers(deepseek, "layer", cpu) == deepseek.num_moe_layers
+    assert cal.host_run_layers(deepseek, "copy", cpu) == cal.HOST_LAYERS
+    monkeypatch.setattr(live, "free_gpu_bytes", lambda _device: 20 * 2**30)  # its 26 GiB of experts
+    assert cal.host_run_layers(deepseek, "layer", cpu) == cal.HOST_LAYERS
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    assert {r.kind: r.moe_layers for r in result.host_runs} == {"layer": 2, "copy": 2}
