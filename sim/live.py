@@ -733,12 +733,15 @@ def open_model(
 
 
 def free_gpu_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` (a practically unlimited amount on the CPU)."""
+    """Memory of ``device`` a new allocation can have: the driver's free memory plus what torch's caching
+    allocator holds unused (a model just dropped leaves its memory there: session 8's calibration then
+    ran a repeated Mixtral measurement truncated); a practically unlimited amount on the CPU."""
     import torch
 
     if device.type != "cuda":
         return 1 << 50
-    return int(torch.cuda.mem_get_info(device)[0])
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(torch.cuda.mem_get_info(device)[0]) + cached
 
 
 # ---------------------------------------------------------------------------------------------- the run
