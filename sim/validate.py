@@ -524,7 +524,9 @@ def rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _swapped_pairs(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Policy pairs the simulator orders strictly and the live clock the other way round, with the
-    live gap between them (relative)."""
+    live gap between them (relative) and whether the live clock itself resolves that order: a gap
+    no wider than the larger of the two rows' spreads over live passes (``within_live_spread``) is
+    an order the live passes do not agree on either."""
     swaps = []
     for i, a in enumerate(members):
         for b in members[i + 1 :]:
@@ -532,7 +534,10 @@ def _swapped_pairs(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
             sim_sign = np.sign(a["sim_mean_ms"] - b["sim_mean_ms"])
             if sim_sign != 0 and live_sign != sim_sign:
                 gap = abs(a["live_mean_ms"] - b["live_mean_ms"]) / min(a["live_mean_ms"], b["live_mean_ms"])
-                swaps.append({"pair": [a["policy"], b["policy"]], "live_gap": gap})
+                spread = max(a["live_spread"], b["live_spread"])
+                swaps.append(
+                    {"pair": [a["policy"], b["policy"]], "live_gap": gap, "within_live_spread": gap <= spread}
+                )
     return swaps
 
 
@@ -610,6 +615,10 @@ def fidelity_summary(rows: list[dict[str, Any]], ranks: list[dict[str, Any]]) ->
         "misses_identical_everywhere": all(r["misses_identical"] for r in rows),
         "rankings_identical": sum(1 for r in ranks if r["same"]),
         "ranking_groups": len(ranks),
+        # groups whose every disagreement is between policies the live passes do not order either
+        "rankings_differ_only_within_live_spread": sum(
+            1 for r in ranks if not r["same"] and all(p["within_live_spread"] for p in r["swapped_pairs"])
+        ),
         **_fast_host_summary(rows, mean_errs),
         **_fast_step_summary(rows),
     }

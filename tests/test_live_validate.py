@@ -260,6 +260,22 @@ def test_policies_the_simulator_ties_are_no_ranking_disagreement(results) -> Non
     assert not rank["same"] and rank["swapped_pairs"][0]["pair"] == [group[0]["policy"], "twin"]
 
 
+def test_a_swap_is_marked_when_the_live_passes_do_not_order_the_pair_either(results) -> None:
+    """A 1% live gap between two policies whose own passes spread by 2% is no order the live clock
+    resolves; the swap is still counted (rankings_identical), and marked."""
+    rows = v.compare([_scaled(r, 1.0) for r in results], results)
+    group = [r for r in rows if r["cache_fraction"] == 0.25]
+    twin = {**group[0], "policy": "twin", "live_mean_ms": group[0]["live_mean_ms"] * 1.01}
+    swapped = {**twin, "sim_mean_ms": twin["sim_mean_ms"] * 0.9}
+    for spread, resolved in ((0.02, False), (0.001, True)):
+        members = [{**r, "live_spread": spread} for r in (group[0], swapped)]
+        (rank,) = v.rankings(members)
+        assert not rank["same"]
+        assert rank["swapped_pairs"][0]["within_live_spread"] is not resolved
+        summary = v.fidelity_summary(members, [rank])
+        assert summary["rankings_differ_only_within_live_spread"] == int(not resolved)
+
+
 def test_a_gated_grid_repeats_a_run_the_host_ended_slow_and_records_the_probes(tmp_path, monkeypatch) -> None:
     from sim import host_speed
     from sim.live import LiveOptions
