@@ -36,9 +36,9 @@ launched and its inputs are there. Timing model of one MoE decoder layer::
   takes a copy engine; on the GPU, ``gpu_layer`` per MoE layer, spread evenly as a gap before each of
   its ops (sim.costs.gpu_gap_s: the idle time between a layer's launches). The live executor commits
   a copy to a copy stream only when one is free: at the submission that queues it, or while it polls.
-  So the host pays for the copies that took an engine
-  at each submission, and, for those that took one while it worked on, when it next waits (for the
-  GPU at a layer's start or a step's end), where the cost hides in the wait it would spin through.
+  So the host pays for the copies that took an engine at each submission, and, for those that took one
+  while it worked on, when it next waits (for the GPU at a layer's start or a step's end), where the
+  cost hides in the wait it would spin through.
 - The host submits every copy at its own time with a gate, the GPU marker it must not start before:
   layer-start and layer-end copies behind the compute stream at that point, router copies behind the
   router, predicted copies behind the predictor (sim.link: a shared link starts a copy once both have
@@ -262,7 +262,8 @@ class _Run:
     ) -> tuple[float, float]:
         """The routed experts of one MoE block in general (copies to wait for, several tokens, copies in
         flight that slow the GPU, a timeline): hits first, then the others in landing order; each
-        launched by the host (op time) and run by the GPU once launched and its copy landed (GPU time).
+        launched by the host (op time) and run by the GPU (GPU time) once launched, after the gap before
+        each op, and ``landing_delay_s`` after its copy landed.
         Returns the GPU's and the host's times after them and adds the block's wait for copies to the
         layer's stall."""
         costs, link, timeline = self.costs, self.link, self.timeline
@@ -288,7 +289,7 @@ class _Run:
                     transfer = next(late_iter) if st == LATE else next(demand_iter)
                     waiting.append((link.finish_time(transfer), i))
             waiting.sort()
-        gap = self.gap_s
+        gap = costs.gpu_gap_s(n_tok)
         for i, st in enumerate(status):
             if st == HIT:
                 g_i = self.beside_copies(t, gs[i], copying[i])
@@ -299,7 +300,7 @@ class _Run:
                 if timeline.on:
                     timeline.add("compute", "expert", t - g_i, t, j, decision.experts[i])
         layer_stall = 0.0
-        woken = self.costs.landing_delay_s
+        woken = costs.landing_delay_s  # the compute stream's wake-up after a landing
         for landed, i in waiting:
             h += cs[i]
             start = max(t + gap, landed + woken)
@@ -381,7 +382,7 @@ class _Run:
             g_router = gpu_s("router", n_tok, 0)
             # the gap before each GPU op of a MoE layer: four in the attention group, one before the input
             # norm, the shared experts (or the zeroed MoE sum), each routed expert and the last add
-            self.gap_s = gap = costs.gpu_gap_s(n_tok)
+            gap = costs.gpu_gap_s(n_tok)
             g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router + 4 * gap
             g_shared = gpu_s("shared", n_tok, 0)
             g_one = gpu_s("expert", 1, 0)
