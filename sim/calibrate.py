@@ -1227,14 +1227,10 @@ def to_profile(
         )
     curve = CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ())
     measured = result.stream_delays
-    # the delays are what the hand-overs took beyond the time the simulator charges a copy: the curve's
-    delayed_copy_s = (
-        0.0
-        if measured is None
-        else CopyProfile(latency_s, pinned_gbps, pageable_gbps, 1, pinned_gbps, curve=curve).transfer_s(
-            measured.size_bytes
-        )
-    )
+    # the hand-overs' delays are what they took beyond the time the simulator charges a copy of that size,
+    # the curve's point (calibration times a copy of each shape's expert size)
+    pinned_s = {p.size_bytes: p.pinned_s for p in copies}
+    delayed_copy_s = 0.0 if measured is None else pinned_s[measured.size_bytes]
     delays = {} if measured is None else measured.delays(delayed_copy_s)
     curves = []
     for shape in shapes:
