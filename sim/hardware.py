@@ -46,7 +46,8 @@ measurements, presets live in ``sim/profiles/*.toml``)::
                                  # predictor_gpu, predictor_cpu, host_layer (host time per MoE layer
                                  # outside the ops: the executor's decisions, events and polling),
                                  # gpu_layer (GPU time per MoE layer outside the ops: the gaps
-                                 # between its launches), <op>_gpu and <op>_host (below)
+                                 # between its launches, charged as an equal gap before each op),
+                                 # <op>_gpu and <op>_host (below)
     shape = "Qwen/Qwen3-30B-A3B" # ModelShape.name the op was measured for (curves apply to it only)
     tokens = [1, 2, 4, 8, 16]    # tokens in the call (batch x positions)
     seconds = [5e-05, 5e-05, 5e-05, 5e-05, 5.1e-05]
