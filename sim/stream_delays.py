@@ -15,7 +15,7 @@ path.
 GPU: every sequence is queued behind a sleeping kernel, so the host's launches never show:
 
 - ``alone_s``: one copy between two events on an idle copy stream, behind a passed marker (for the
-  record: 2-7 us more than the copy curve, which times a copy on an idle GPU);
+  record: 1.4-2.5 us more than the copy curve, which times a copy on an idle GPU);
 - ``period_s``: per copy, ``COPIES`` copies committed back to back, each behind a wait for a passed
   marker and followed by its landing marker, as the executor commits them;
 - ``gated_s``: from a compute-stream marker to the landing of the copy that waited for it;
