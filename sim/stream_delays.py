@@ -68,13 +68,15 @@ def measure_stream_delays(device: Any, size_bytes: int, reps: int = 20, warmup: 
     over ``reps`` rounds after ``warmup``); see the module docstring."""
     import torch
 
+    from sim import kernels
+
     elements = max(1, size_bytes // 2)
     sources = [torch.empty(elements, dtype=torch.bfloat16).pin_memory() for _ in range(2)]
     slots = [torch.empty(elements, dtype=torch.bfloat16, device=device) for _ in range(COPIES)]
     compute, copy = torch.cuda.Stream(device), torch.cuda.Stream(device)
     hold_cycles = int(HOLD_S * sleep_cycles_per_s(device))
     small = torch.zeros(1 << 16, dtype=torch.bfloat16, device=device)
-    op = _captured(lambda: small.mul_(1.0), compute, device)
+    op = kernels.GraphPool(device).capture(lambda: small.mul_(1.0))  # a graph op, as the executor's
 
     def marker(stream: Any) -> Any:
         event = torch.cuda.Event(enable_timing=True)
@@ -142,16 +144,3 @@ def sleep_cycles_per_s(device: Any) -> float:
     end.record()
     torch.cuda.synchronize(device)
     return cycles / (start.elapsed_time(end) / 1e3)
-
-
-def _captured(fn: Any, stream: Any, device: Any) -> Any:
-    """``fn`` captured in a CUDA graph (the executor replays its ops from graphs); returns its replay."""
-    import torch
-
-    with torch.cuda.stream(stream):
-        fn()  # warm-up outside the capture
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        fn()
-    return graph.replay
