@@ -107,6 +107,7 @@ class CostModel:
         self.gpu_s = lru_cache(maxsize=4096)(self._gpu_s)
         self.gpu_copying_s = lru_cache(maxsize=4096)(self._gpu_copying_s)
         self.launch_s = lru_cache(maxsize=4096)(self._launch_s)
+        self.gpu_gap_s = lru_cache(maxsize=None)(self._gpu_gap_s)  # read per MoE block that waits
 
     # -- roofline
 
@@ -240,7 +241,7 @@ class CostModel:
         curve = self._curves["gpu_layer"]
         return curve.at(tokens) * self.scale if curve is not None else 0.0
 
-    def gpu_gap_s(self, tokens: int) -> float:
+    def _gpu_gap_s(self, tokens: int) -> float:
         """The GPU's idle time before each op of a MoE layer: ``gpu_layer_s`` spread evenly over the
         ``MOE_LAYER_OPS + top_k`` ops of a layer at one token per expert. The live executor's timelines
         put the gaps there, before every op (session 8: about 9-10 us before each router decision in
