@@ -1225,7 +1225,6 @@ def to_profile(
         engines = result.copy_engines or (
             1 if result.device == "cpu" else max(p.streams for p in result.concurrency)
         )
-    curve = CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ())
     measured = result.stream_delays
     # the hand-overs' delays are what they took beyond the time the simulator charges a copy of that size,
     # the curve's point (calibration times a copy of each shape's expert size)
@@ -1338,7 +1337,7 @@ def to_profile(
             engines=int(engines),
             link_gbps=most.aggregate_gbps,
             concurrency_factor=sharing,
-            curve=curve,
+            curve=CopyCurve(sizes, [p.pinned_s for p in copies], pageable if has_pageable else ()),
             serial=serial,
             issue_s=result.issue_s,
             **delays,
