@@ -113,7 +113,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary['p99_within_10pct']} with p99 within 10% (worst mean {summary['max_abs_mean_err']:.1%}, "
         f"worst p99 {summary['max_abs_p99_err']:.1%}); misses identical: "
         f"{summary['misses_identical_everywhere']}; rankings identical in {summary['rankings_identical']}/"
-        f"{summary['ranking_groups']}; live passes spread by {summary['median_live_spread']:.1%} (median)"
+        f"{summary['ranking_groups']}, agreeing on every pair the live passes order alike in "
+        f"{summary['rankings_agree_where_live_passes_agree']}; live passes spread by "
+        f"{summary['median_live_spread']:.1%} (median)"
     )
     if "rows_all_runs_fast" in summary:
         print(
