@@ -97,13 +97,17 @@ class LiveOptions:
     ``host_budget_bytes``: pinned host memory for routed experts; beyond it, (layer, expert) pairs share
     host buffers modulo the buffer count (copies stay real copies of ``bytes_per_expert`` bytes);
     ``warmup_steps``: steps decoded once before the measured run (GPU warm-up; decisions then restart);
-    ``seed``: random weights.
+    ``seed``: random weights;
+    ``timeline_compute``: with a timeline (``SimOptions.timeline_steps``), record the compute intervals
+    too; False records the copies alone: the events around every op made the host 4-14% slower and
+    changed the decode they recorded (session 8), two events per copy hardly do.
     """
 
     device: str = "auto"
     host_budget_bytes: int = 8 * GIB
     warmup_steps: int = 2
     seed: int = 0
+    timeline_compute: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -511,19 +515,26 @@ class _CopyQueue:
 
 
 class _LiveTimeline:
-    """Compute and copy intervals of the first steps, as markers resolved to seconds at the end."""
+    """Compute and copy intervals of the first steps, as markers resolved to seconds at the end
+    (``compute``: False records the copies alone)."""
 
-    def __init__(self, dev: _Device, steps: int, limit: int) -> None:
+    def __init__(self, dev: _Device, steps: int, limit: int, compute: bool = True) -> None:
         self.dev = dev
         self.steps = steps
         self.limit = limit
+        self.compute = compute
         self.on = steps > 0
         self.origin: Any = None
         self.marks: list[tuple[str, str, Any, Any, int, int]] = []
         self.copies: list[_Transfer] = []
 
+    @property
+    def compute_on(self) -> bool:
+        """Whether the ops of the current step are recorded (events around each)."""
+        return self.on and self.compute
+
     def op(self, lane: str, kind: str, start: Any, end: Any, layer: int = -1, expert: int = -1) -> None:
-        if self.on and len(self.marks) + len(self.copies) < self.limit:
+        if self.compute_on and len(self.marks) + len(self.copies) < self.limit:
             self.marks.append((lane, kind, start, end, layer, expert))
 
     def copy(self, transfer: _Transfer) -> None:
@@ -798,7 +809,9 @@ def run_live(
             warm = DecodeController(workload, make_policy(policy, trace.top_k), cache, estimates)
             _Decode(model, warm, options, 0, live.warmup_steps).run()
         controller = DecodeController(workload, policy_obj, cache, estimates)
-        decode = _Decode(model, controller, options, options.timeline_steps, workload.num_steps)
+        decode = _Decode(
+            model, controller, options, options.timeline_steps, workload.num_steps, live.timeline_compute
+        )
         loop_started = time.perf_counter()
         step_latency, stall = decode.run()
         host_loop_s = time.perf_counter() - loop_started
@@ -875,6 +888,7 @@ class _Decode:
         options: SimOptions,
         timeline_steps: int,
         num_steps: int,
+        timeline_compute: bool = True,
     ) -> None:
         self.model = model
         #: whether the predictor kernel runs (not for a free predictor), and on the side stream
@@ -883,7 +897,9 @@ class _Decode:
         self.controller = controller
         self.num_steps = min(num_steps, controller.workload.num_steps)
         self.dev = model.dev
-        self.timeline = _LiveTimeline(self.dev, timeline_steps, options.max_timeline_intervals)
+        self.timeline = _LiveTimeline(
+            self.dev, timeline_steps, options.max_timeline_intervals, timeline_compute
+        )
         self.queue = _CopyQueue(
             self.dev, model.slot_views, model.host_views, controller.transfer_finished, self.timeline
         )
@@ -918,7 +934,7 @@ class _Decode:
         for s in range(self.num_steps):
             if timeline.on and s >= timeline.steps:
                 timeline.on = False
-            tl = timeline.on
+            tl = timeline.compute_on  # events around the ops (the copies': timeline.on)
             probes.append(step_probe_s())  # the host core's speed level (mostly behind the GPU's tail)
             queue.wait_until(boundaries[-1])  # the next token needs the previous one (as sampling would)
             requests = controller.begin_step(s)
@@ -1004,7 +1020,7 @@ class _Decode:
         dev.synchronize()
         el = dev.elapsed_s
         steps = np.array([el(a, b) for a, b in itertools.pairwise(boundaries)], dtype=np.float64)
-        measured = self.timeline.steps >= self.num_steps
+        measured = self.timeline.steps >= self.num_steps and self.timeline.compute
         stall = np.array(
             [sum(el(a, b) for a, b in w) if measured else float("nan") for w in self.waits], dtype=np.float64
         )
@@ -1016,7 +1032,7 @@ class _Decode:
         all (``predictor_s`` = 0); returns the gate its predicted copies wait for."""
         if not self.runs_predictor:
             return after
-        dev, tl = self.dev, self.timeline.on
+        dev, tl = self.dev, self.timeline.compute_on
         side = self.predictor_beside
         stream = dev.side if side else dev.compute
         if side:
@@ -1032,7 +1048,7 @@ class _Decode:
 
     def _waiting_experts(self, decision: Any, j: int) -> None:
         """Experts whose copies have not landed, in landing order, each behind a wait for its copy."""
-        queue, dev, tl = self.queue, self.dev, self.timeline.on
+        queue, dev, tl = self.queue, self.dev, self.timeline.compute_on
         waiting = [i for i, st in enumerate(decision.status) if st != HIT]
         requests = _requests_of(decision, waiting)
         for w in queue.landing_order(requests):
@@ -1050,9 +1066,9 @@ class _Decode:
     def _expert(self, decision: Any, i: int, j: int) -> None:
         """Routed expert ``i`` of the decision, from its slot, on the rows of the tokens it serves."""
         dev, timeline = self.dev, self.timeline
-        t0 = dev.marker(timing=True) if timeline.on else None
+        t0 = dev.marker(timing=True) if timeline.compute_on else None
         self.model.expert[decision.slots[i]](decision.tokens[i])
-        if timeline.on:
+        if timeline.compute_on:
             timeline.op("compute", "expert", t0, dev.marker(timing=True), j, decision.experts[i])
         self.queue.pump()
 

@@ -10,6 +10,7 @@ drives it::
     eviction = "lru"
     warmup_steps = 4          # leading steps left out of both summaries (cold cache, GPU warm-up)
     timeline_steps = 0
+    # timeline_compute = false  # live timelines of the copies alone (events around every op slow the host)
     passes = 3                # live passes, alternately forward and backward (per-token median)
     predictor_device = "gpu"  # the predictor in line ("gpu") or beside the compute stream ("gpu-side")
 
@@ -96,6 +97,8 @@ class Grid:
     #: where the predictor runs, in both clocks (SimOptions.predictor_device; the live executor has no CPU
     #: predictor)
     predictor_device: str = "gpu"
+    #: with timeline_steps: False records the live copies alone (LiveOptions.timeline_compute)
+    timeline_compute: bool = True
 
     def options(self) -> SimOptions:
         return SimOptions(
@@ -218,7 +221,9 @@ def run_live_grid(
     from sim import live
 
     say = progress or (lambda _m: None)
-    live_options = live_options or live.LiveOptions()
+    live_options = dataclasses.replace(
+        live_options or live.LiveOptions(), timeline_compute=grid.timeline_compute
+    )
     gate = None
     if grid.host_gate_timeout_s > 0:
         gate = HostGate(hardware.meta.host_probe_s or None, timeout_s=grid.host_gate_timeout_s)

@@ -249,6 +249,15 @@ def test_a_shape_may_run_fewer_passes_than_the_grid(tmp_path) -> None:
     assert [r.counters[v.PASS_COUNTER] for r in live] == [0, 0, 0]
 
 
+def test_a_grid_may_record_the_live_copies_alone(tmp_path) -> None:
+    from sim.live import LiveOptions
+
+    grid = _tiny_grid(tmp_path, passes=1, timeline_steps=8, timeline_compute=False)
+    live = v.run_live_grid(grid, load_profile("h200"), LiveOptions(device="cpu", warmup_steps=1))
+    lanes = {lane for r in live for lane, *_ in r.timeline}
+    assert lanes and all(lane.startswith("copy") for lane in lanes)
+
+
 def test_policies_the_simulator_ties_are_no_ranking_disagreement(results) -> None:
     rows = v.compare([_scaled(r, 1.0) for r in results], results)
     group = [r for r in rows if r["cache_fraction"] == 0.25]
