@@ -22,8 +22,12 @@
 # The GPU's clocks, power and utilisation are sampled every 200 ms throughout (the validate log's lines
 # carry times to line them up with the runs; session 6 found the SM clock at its 1980 MHz maximum through
 # every run: the ops that session 5 saw 25% slower were slowed by copies in flight, not by the clock).
-# Leaves 5 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet
-# (3 with PROFILE).
+# Leaves 6 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet and
+# validation/instance_runs.json (4 with PROFILE). The last holds calibration's resident run decoded on each
+# shape's validation model; to fit a profile to that very model (models built one after the other decoded
+# up to 10% apart, session 9):
+#   moe-prefetch calibrate --model-shape ... --refit OUT/calibration.json \
+#       --instance-runs OUT/validation/instance_runs.json --out OUT/h200_instance.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-reports/validation/grid.toml}

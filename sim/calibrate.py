@@ -838,18 +838,40 @@ def record_host_run(
     model = live.open_model(
         small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options, profile.copy.serial
     )
+    return host_run_on(model, kind, profile, live_options, shape.name)
+
+
+def host_run_on(
+    model: Any, kind: str, profile: HardwareProfile, live_options: Any, name: str | None = None
+) -> HostRun:
+    """Decode the synthetic host-cost trace of ``kind`` on a live model built already (its shape, maybe
+    truncated: ``host_workload``), labelled with shape ``name`` (default: the model's)."""
+    from sim import live
+
+    small = model.shape
+    trace = host_workload(small, small.num_moe_layers)[1]
+    cache, policy, options = host_run_setup(kind)
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
     # (the host-cost trace is one sequence decoded at batch 1: token i is step i)
     probes = [] if ran.host_probe_s is None else [float(x) for x in ran.host_probe_s]
     busy_s = (ran.counters["host_loop_us"] - ran.counters["host_wait_gpu_us"]) / 1e6 / len(ran.step_latency_s)
     return HostRun(
-        shape.name,
+        name or small.name,
         kind,
         [float(x) for x in ran.step_latency_s],
         probes,
         busy_s,
         small.num_moe_layers,
         {k: float(v) for k, v in ran.counters.items()},
+    )
+
+
+def instance_run_fits(model: Any) -> bool:
+    """Whether a live model can decode the resident host-cost run of its whole shape (``host_run_on``):
+    every expert in a slot, and room for the trace's context."""
+    shape = model.shape
+    return model.slots.shape[0] >= shape.num_moe_layers * shape.num_experts and (
+        model.max_context >= HOST_TOKENS + 1
     )
 
 
@@ -866,6 +888,19 @@ def host_run_layers(shape: ModelShape, kind: str, device: Any) -> int:
     every_expert = shape.num_moe_layers * shape.num_experts
     plan = live.plan_memory(shape, every_expert, False, 1, HOST_TOKENS + 1, False, 0)
     return shape.num_moe_layers if plan.gpu_bytes <= live.free_gpu_bytes(device) else HOST_LAYERS
+
+
+def use_instance_runs(result: Calibration, runs: Sequence[HostRun]) -> None:
+    """Replace ``result``'s resident host-cost run of each shape that ``runs`` holds one of by that run
+    (a validation's own model: ``sim.validate.run_live_grid``'s ``instance_runs``), so that
+    ``fit_host_costs`` fits that model's costs per layer, and say so in the notes."""
+    replaced = {(r.shape, r.kind): r for r in runs}
+    result.host_runs = [r for r in result.host_runs if (r.shape, r.kind) not in replaced] + list(runs)
+    names = ", ".join(sorted({r.shape for r in runs}))
+    result.notes = (
+        f"{result.notes} host_layer and gpu_layer of {names} fitted to the resident host-cost run on the "
+        "model a validation grid ran on (its instance_runs.json), not on calibration's own model."
+    ).strip()
 
 
 def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[str]:

@@ -202,9 +202,17 @@ def run_live_grid(
     base_dir: str | os.PathLike[str] = ".",
     progress: Callable[[str], None] | None = None,
     on_shape_done: Callable[[list[SimResult]], None] | None = None,
+    instance_runs: list[Any] | None = None,
 ) -> list[SimResult]:
     """Every grid point on the live executor (needs torch; a GPU unless ``live_options.device='cpu'``);
     ``on_shape_done`` gets the results so far after each shape (to save them as the run goes).
+
+    With ``instance_runs`` (a list), each shape's live model, where it holds every expert, also decodes
+    calibration's resident host-cost run (``sim.calibrate.host_run_on``) and the run is appended: the
+    same model's GPU and host costs, for a profile fitted to this very instance (``moe-prefetch
+    calibrate --refit RAW.json --instance-runs``). DeepSeek-V2-Lite's resident decode ran 5.9-6.4 ms
+    per token on four models built one after the other in one process (session 9), so a calibration's
+    own model can sit 10% away from the validation's.
 
     Per shape, a short burn-in run comes first and is discarded (the first run after building a model
     was markedly slower on the H200 machine); then ``grid.passes`` passes over the grid points,
@@ -231,7 +239,7 @@ def run_live_grid(
     results: list[SimResult] = []
     for run in grid.shapes:
         try:
-            results.extend(_live_shape(run, grid, hardware, live_options, base_dir, say, gate))
+            results.extend(_live_shape(run, grid, hardware, live_options, base_dir, say, gate, instance_runs))
         except InputError:
             raise
         except Exception as exc:  # one shape's failure (e.g. out of memory) must not lose the others
@@ -250,8 +258,9 @@ def _live_shape(
     base_dir: str | os.PathLike[str],
     say: Callable[[str], None],
     gate: HostGate | None,
+    instance_runs: list[Any] | None = None,
 ) -> list[SimResult]:
-    from sim import live
+    from sim import calibrate, live
 
     options = grid.options()
     results = []
@@ -277,6 +286,10 @@ def _live_shape(
     first_spec, first_fraction = points[0]
     burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
     live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
+    if instance_runs is not None and calibrate.instance_run_fits(model):
+        say(f"{shape.name}: calibration's resident host-cost run on this model")
+        measure = functools.partial(calibrate.host_run_on, model, "layer", hardware, live_options)
+        instance_runs.append(measure() if gate is None else gate.run(measure).value)
     passes = run.passes or grid.passes
     for p in range(passes):
         for spec, fraction in points if p % 2 == 0 else points[::-1]:

@@ -362,3 +362,27 @@ def test_a_model_error_stays_visible_over_the_fast_steps(results) -> None:
 def test_runs_without_probes_have_no_fast_step_error(results) -> None:
     (row,) = v.compare([_scaled(results[0], 1.0)], [results[0]])
     assert np.isnan(row["mean_err_fast"]) and "rows_with_fast_steps" not in v.fidelity_summary([row], [])
+
+
+def test_a_live_grid_also_decodes_calibrations_resident_run_on_each_model_that_holds_every_expert(
+    tmp_path,
+) -> None:
+    from sim import calibrate
+    from sim.live import LiveOptions
+
+    grid = _tiny_grid(tmp_path, passes=1)
+    long_enough = dataclasses.replace(grid.shapes[0], tokens=calibrate.HOST_TOKENS + 1)
+    options = LiveOptions(device="cpu", warmup_steps=1)
+    found = {}
+    for policies in (grid.policies, ("on-demand",)):  # without resident the model has too few slots
+        runs: list = []
+        v.run_live_grid(
+            dataclasses.replace(grid, shapes=(long_enough,), policies=policies),
+            load_profile("h200"),
+            options,
+            instance_runs=runs,
+        )
+        found[policies] = runs
+    (run,) = found[grid.policies]
+    assert found[("on-demand",)] == []
+    assert run.kind == "layer" and len(run.step_latency_s) == calibrate.HOST_TOKENS and run.host_busy_s > 0

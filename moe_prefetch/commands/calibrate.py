@@ -24,7 +24,7 @@ from moe_prefetch.argtypes import non_negative_float
 from traces.fileio import InputError, write_text_atomic
 
 if TYPE_CHECKING:
-    from sim.calibrate import Calibration
+    from sim.calibrate import Calibration, HostRun
     from traces.schema import ModelShape
 
 
@@ -75,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="no measuring: re-fit the host costs of an earlier calibration (its --raw file) with the "
         "current simulator and write the profile (after a change to the simulator's model; no GPU)",
     )
+    parser.add_argument(
+        "--instance-runs",
+        metavar="FILE.json",
+        help="with --refit: fit each shape's costs per layer to these resident runs instead of the "
+        "calibration's own (a validation's instance_runs.json: the model the grid ran on)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -86,8 +92,12 @@ def _run(args: argparse.Namespace) -> int:
     names = [s.name for s in shapes]
     if len(set(names)) != len(names):
         raise InputError(args.model_shape[0], "the same model shape is given twice")
+    if args.instance_runs and not args.refit:
+        raise InputError(args.instance_runs, "--instance-runs needs --refit (the calibration they replace)")
     if args.refit:
         result = _read_raw(args.refit, names)
+        if args.instance_runs:
+            cal.use_instance_runs(result, _read_instance_runs(args.instance_runs, names))
         slow = cal.fit_host_costs(result, shapes)
         if slow:
             print(f"WARNING: {', '.join(slow)}: no step at the host core's fast level (fitted at the slow)")
@@ -123,6 +133,22 @@ def _measure(args: argparse.Namespace, shapes: list[ModelShape]) -> Calibration:
 def _say(message: str) -> None:
     """A progress line, with the time (a GPU log then shows where a calibration spent its minutes)."""
     print(f"calibrate {datetime.datetime.now():%H:%M:%S}: {message}", file=sys.stderr, flush=True)
+
+
+def _read_instance_runs(path: str, names: list[str]) -> list[HostRun]:
+    """A validation's instance_runs.json: resident host-cost runs, at least one of the given shapes."""
+    from sim import calibrate as cal
+
+    try:
+        runs = [cal.HostRun(**r) for r in json.loads(Path(path).read_text(encoding="utf-8"))]
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise InputError(path, f"not an instance_runs.json ({type(exc).__name__}: {exc})") from None
+    runs = [r for r in runs if r.shape in names and r.kind == "layer"]
+    if not runs:
+        raise InputError(path, f"has no resident run of {', '.join(names)}")
+    return runs
 
 
 def _read_raw(path: str, names: list[str]) -> Calibration:

@@ -9,6 +9,11 @@ configuration, both clocks, errors, hit/miss counts, bytes moved), validation.cs
 A grid with ``host_gate_timeout_s`` > 0 makes every live run wait for the host core's fast level first
 (sim/host_speed.py: on the H200 VMs a vCPU switched between two speeds 2x apart).
 
+Live runs also leave instance_runs.json: each shape's live model, where it holds every expert, decodes
+calibration's resident host-cost run too, so that ``moe-prefetch calibrate --refit RAW.json
+--instance-runs DIR/instance_runs.json`` can fit the GPU's and the host's costs per layer to the very
+model the grid ran on (models built one after the other ran up to 10% apart).
+
 --live-only stops after the live runs (for a GPU machine without simpy); --resimulate skips them and
 re-simulates the live results already in DIR, for instance with an improved profile (--hardware):
 checking a model change costs no GPU time. --shape runs part of a grid (a grid too long for one session
@@ -18,13 +23,16 @@ on the GPU machine runs shape by shape, each calibrated on the machine it runs o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from moe_prefetch.argtypes import positive_float
-from traces.fileio import InputError
+from traces.fileio import InputError, write_text_atomic
 
 GIB = 1 << 30
 
@@ -82,10 +90,17 @@ def _run(args: argparse.Namespace) -> int:
         from sim.live import LiveOptions
 
         options = LiveOptions(device=args.device, host_budget_bytes=int(args.host_budget_gib * GIB))
+        instance_runs: list[Any] = []
+
+        def save(results: list[Any]) -> None:  # after each shape: a later shape's failure loses nothing
+            write_results(results, live_path)
+            runs = [dataclasses.asdict(r) for r in instance_runs]
+            write_text_atomic(out / "instance_runs.json", json.dumps(runs, indent=1) + "\n")
+
         live = v.run_live_grid(
-            grid, hardware, options, progress=say, on_shape_done=lambda rs: write_results(rs, live_path)
+            grid, hardware, options, progress=say, on_shape_done=save, instance_runs=instance_runs
         )
-        write_results(live, live_path)
+        save(live)
         live_meta = _live_environment(args.device) | {"live_wall_s": time.perf_counter() - started}
         say(f"live results written to {live_path}")
         if args.live_only:
