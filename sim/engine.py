@@ -336,6 +336,11 @@ class _Run:
         share = costs.predictor_share(self.predictor_device)
         pre_loss = share * predictor_s if pre_attention and not on_host else 0.0
         cross_loss = share * gate_s if cross_layer else 0.0
+        # a predictor in line on the compute stream is one more op of its layer there, with the GPU's gap
+        # before it like every other (CostModel.gpu_gap_s); beside, on the CPU or free it is none
+        in_line = self.predictor_device != "gpu-side"
+        pre_gaps = 1.0 if pre_attention and not on_host and in_line and predictor_s > 0 else 0.0
+        cross_gaps = 1.0 if cross_layer and in_line and gate_s > 0 else 0.0
         # (methods of the link and the controller are called through their objects, not bound to locals:
         # in the compiled build (sim.COMPILED) that is a direct C call, in pure Python it costs one lookup)
         sim_now = env.now
@@ -384,6 +389,8 @@ class _Run:
             # norm, the shared experts (or the zeroed MoE sum), each routed expert and the last add
             gap = costs.gpu_gap_s(n_tok)
             g_pre = gpu_s("attention", n_tok, ctx) + g_add + g_norm + g_router + 4 * gap
+            pre_step = pre_loss + pre_gaps * gap  # the compute stream's time for an in-line predictor
+            cross_step = cross_loss + cross_gaps * gap
             g_shared = gpu_s("shared", n_tok, 0)
             g_one = gpu_s("expert", 1, 0)
             dense = 2 * norm + attn + launch_s("dense", n_tok, 0) + 2 * add
@@ -431,7 +438,7 @@ class _Run:
                 t_pred = 0.0
                 if pre_attention:
                     # on the CPU the host computes it (its router decision waits for it below)
-                    t_pred = (max(h, g_ls) if on_host else g_ls) + predictor_s
+                    t_pred = (max(h, g_ls) if on_host else g_ls + pre_gaps * gap) + predictor_s
                     if recording:
                         timeline.add("predictor", "predict", t_pred - predictor_s, t_pred, j)
                     issued = controller.prediction_ready(j)
@@ -442,7 +449,7 @@ class _Run:
                 h += host_pre
                 if on_host and t_pred > h:
                     h = t_pred
-                t_router = g_ls + (beside(g_ls, g_pre, gc_pre) if slowed else g_pre) + pre_loss
+                t_router = g_ls + (beside(g_ls, g_pre, gc_pre) if slowed else g_pre) + pre_step
                 if h > t_router:
                     t_router = h
                 if recording:
@@ -462,14 +469,14 @@ class _Run:
                 if demands or prefetches:
                     h = paid_starts(h)
                 if cross_layer and j + 1 < num_moe:
-                    t_pred = t_router + gate_s
+                    t_pred = t_router + cross_gaps * gap + gate_s
                     issued = controller.prediction_ready(j + 1)
                     if issued:
                         link.submit_all(issued, h, t_pred)
                         h = paid_starts(h)
                 # the MoE block: shared and hit experts launched first, then the others in landing order
                 # (a cross-layer gate predictor beside it takes its share of the GPU)
-                t = t_router + cross_loss if j + 1 < num_moe else t_router
+                t = t_router + cross_step if j + 1 < num_moe else t_router
                 t += gap  # before the shared experts, or the zeroing of the MoE sum
                 if shared > 0:
                     t += beside(t, g_shared, gc_shared) if slowed else g_shared
