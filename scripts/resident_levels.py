@@ -41,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = resolve_shape(args.shape)
     profile = load_profile(args.hardware)
-    small, trace = calibrate.host_workload(shape, shape.num_moe_layers)
-    cache, policy, options = calibrate.host_run_setup("layer")
-    _, _, slots = live.prepare(trace, small, policy, cache, options)
+    small = calibrate.truncated_shape(shape, shape.num_moe_layers)
+    slots = small.num_moe_layers * small.num_experts  # every expert resident
     live_options = live.LiveOptions(device=args.device, host_budget_bytes=small.bytes_per_expert)
     for build in range(args.builds):
         model = live.open_model(small, slots, False, 1, calibrate.HOST_TOKENS + 1, False, 1, live_options)
@@ -51,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         reserved_gib = torch.cuda.memory_reserved() >> 30 if torch.cuda.is_available() else 0
         medians = []
         for _ in range(args.runs):
-            ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
-            medians.append(float(np.median(ran.step_latency_s[options.warmup_steps :])) * 1e3)
+            run = calibrate.host_run_on(model, "layer", profile, live_options)
+            medians.append(float(np.median(run.step_latency_s[calibrate.HOST_WARMUP_STEPS :])) * 1e3)
         print(
             f"build {build}: slots at {where:#x} ({where % TWO_MIB:#x} into a 2 MiB page), "
             f"reserved {reserved_gib} GiB: median step " + ", ".join(f"{m:.3f}" for m in medians) + " ms",
             flush=True,
         )
-        del model, ran
+        del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return 0
