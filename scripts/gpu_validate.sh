@@ -23,9 +23,9 @@
 # carry times to line them up with the runs; session 6 found the SM clock at its 1980 MHz maximum through
 # every run: the ops that session 5 saw 25% slower were slowed by copies in flight, not by the clock).
 # Leaves 6 files in $OUT: h200.toml, calibration.json, log.txt, gpu_clocks.csv, validation/live.parquet and
-# validation/instance_runs.json (4 with PROFILE). The last holds calibration's resident run decoded on each
-# shape's validation model; to fit a profile to that very model (models built one after the other decoded
-# up to 10% apart, session 9):
+# validation/instance_runs.json (4 with PROFILE). The last holds calibration's resident runs (alone and
+# beside a chain of copies) decoded on each shape's validation model; to fit a profile to that very model
+# (models built one after the other decoded up to 10% apart, session 9):
 #   moe-prefetch calibrate --model-shape ... --refit OUT/calibration.json \
 #       --instance-runs OUT/validation/instance_runs.json --out OUT/h200_instance.toml
 set -euo pipefail

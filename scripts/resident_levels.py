@@ -4,7 +4,9 @@ DeepSeek-V2-Lite decoded resident at 5.8-5.9 ms or 6.4-6.5 ms per token on the H
 and on session 9's second VM calibration's model ran at the slow level while the validation's model,
 built a minute later in another process, ran at the fast one. This builds the live model of a shape
 several times in one process, decodes the calibration's synthetic trace resident a few times on each, and
-prints each run's median step time with where the expert weights landed in GPU memory:
+prints each run's median step time with where the expert weights landed in GPU memory. On a GPU each run
+is followed by the same decode beside a chain of copies that keeps the link busy (calibration's "copying"
+run): does a model's slowdown beside copies belong to the instance too?
 
     python scripts/resident_levels.py deepseek-v2-lite --builds 4 --runs 3
 """
@@ -48,13 +50,24 @@ def main(argv: list[str] | None = None) -> int:
         model = live.open_model(small, slots, False, 1, calibrate.HOST_TOKENS + 1, False, 1, live_options)
         where = model.slots.data_ptr()
         reserved_gib = torch.cuda.memory_reserved() >> 30 if torch.cuda.is_available() else 0
-        medians = []
+        medians: dict[str, list[float]] = {kind: [] for kind in calibrate.instance_run_kinds(model)}
         for _ in range(args.runs):
-            run = calibrate.host_run_on(model, "layer", profile, live_options)
-            medians.append(float(np.median(run.step_latency_s[calibrate.HOST_WARMUP_STEPS :])) * 1e3)
+            for kind, found in medians.items():
+                run = calibrate.host_run_on(model, kind, profile, live_options)
+                found.append(float(np.median(run.step_latency_s[calibrate.HOST_WARMUP_STEPS :])) * 1e3)
+        alone = medians["layer"]
+        beside = medians.get("copying")
         print(
             f"build {build}: slots at {where:#x} ({where % TWO_MIB:#x} into a 2 MiB page), "
-            f"reserved {reserved_gib} GiB: median step " + ", ".join(f"{m:.3f}" for m in medians) + " ms",
+            f"reserved {reserved_gib} GiB: median step "
+            + ", ".join(f"{m:.3f}" for m in alone)
+            + " ms"
+            + (
+                "; beside copies " + ", ".join(f"{m:.3f}" for m in beside) + " ms"
+                f" ({np.median(beside) / np.median(alone):.4f}x)"
+                if beside
+                else ""
+            ),
             flush=True,
         )
         del model

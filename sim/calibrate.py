@@ -155,8 +155,10 @@ class ShapeTimings:
 class HostRun:
     """One live decode of calibration's host-cost step (a model, maybe truncated, on a synthetic trace, both
     rebuilt from code), kept so that the host costs can be fitted again offline, without a GPU, after
-    the simulator's model changes (``fit_host_costs``). ``kind``: "layer" (every expert resident) or
-    "copy" (oracle prefetching into a quarter-size cache)."""
+    the simulator's model changes (``fit_host_costs``). ``kind``: "layer" (every expert resident),
+    "copying" (the same with the link kept busy all along by a chain of copies on a stream of its own,
+    decoded on the same model right after its "layer" run) or "copy" (oracle prefetching into a
+    quarter-size cache)."""
 
     shape: str
     kind: str
@@ -198,6 +200,9 @@ class Calibration:
     #: per shape: host time per MoE layer of the live decode loop beyond its ops (see fit_host_costs)
     host_layer_s: dict[str, float] = field(default_factory=dict)
     gpu_layer_s: dict[str, float] = field(default_factory=dict)
+    #: per shape: the factor on its ``<op>_copying`` curves at which the simulated "copying" run matches
+    #: the live one (see fit_host_costs; a shape without such a run keeps its curves as measured)
+    copying_scale: dict[str, float] = field(default_factory=dict)
     #: the live runs those two were fitted to
     host_runs: list[HostRun] = field(default_factory=list)
     #: the host core's fast-level probe (sim.host_speed; 0: not gated) and every gated phase:
@@ -553,13 +558,22 @@ class CopyChain:
         self.dst = torch.empty(n, dtype=torch.bfloat16, device=device)
 
     def start(self, seconds: float) -> None:
-        """Queue copies that keep the link busy for at least ``seconds``."""
+        """Queue copies that keep the link busy for at least ``seconds``, between two timing events
+        (``elapsed_s`` once they ran)."""
         import torch
 
-        copies = 1 + math.ceil(seconds * self.FASTEST_LINK_BPS / self.chunk_bytes)
+        self.copies = 1 + math.ceil(seconds * self.FASTEST_LINK_BPS / self.chunk_bytes)
+        self.begun, self.ended = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         with torch.cuda.stream(self.stream):
-            for _ in range(copies):
+            self.begun.record()
+            for _ in range(self.copies):
                 self.dst.copy_(self.src, non_blocking=True)
+            self.ended.record()
+
+    def elapsed_s(self) -> float:
+        """The GPU time from the first copy of the last ``start`` to the end of its last (waits for it)."""
+        self.ended.synchronize()
+        return self.begun.elapsed_time(self.ended) / 1e3
 
 
 def _queued_times(
@@ -776,6 +790,13 @@ ISSUE_FIT_MAX_S = 1e-3
 ISSUE_FIT_STEPS = 30
 #: bound of the fitted GPU time per MoE layer outside the ops (seconds)
 GPU_LAYER_FIT_MAX_S = 1e-3
+#: bounds of the fitted factor on a shape's ``<op>_copying`` curves (below about 1 / (their ratio to the
+#: curves alone) it changes nothing: an op is never faster beside copies than alone)
+COPYING_SCALE_MIN, COPYING_SCALE_MAX = 0.5, 3.0
+#: the copy chain of a "copying" host-cost run lasts this many times the run's simulated decode, plus
+#: ``COPYING_RUN_EXTRA_S`` (a slow model instance decoded 10% slower than another, session 9)
+COPYING_RUN_MARGIN = 2.0
+COPYING_RUN_EXTRA_S = 0.1
 
 
 def fit_scalar(predict: Callable[[float], float], target: float, lo: float, hi: float, steps: int) -> float:
@@ -791,16 +812,24 @@ def fit_scalar(predict: Callable[[float], float], target: float, lo: float, hi: 
     return (lo + hi) / 2
 
 
+#: the host-cost runs with every expert resident, decoded on one model (see HostRun)
+RESIDENT_RUN_KINDS = ("layer", "copying")
+#: what each kind of host-cost run measures (see HostRun)
+HOST_RUN_MEASURES = {"layer": "time per layer", "copying": "time beside copies", "copy": "time per copy"}
+
+
 def host_run_setup(kind: str) -> tuple[Any, Any, Any]:
     """(cache, policy, options) of a host-cost run: "layer" has every expert resident (no copies: the
-    step time beyond the ops is the loop's own host time), "copy" prefetches with the oracle into a
-    quarter-size cache (copies overlap attention, so their host cost shows in the step time)."""
+    step time beyond the ops is the loop's own host time), and so has "copying" (with copies of no
+    expert in flight beside it all along: the ops' time beside copies), "copy" prefetches with the
+    oracle into a quarter-size cache (copies overlap attention, so their host cost shows in the step
+    time)."""
     from sim.cache import CacheConfig
     from sim.config import SimOptions
     from sim.policies import PolicySpec
 
     options = SimOptions(warmup_steps=HOST_WARMUP_STEPS)
-    if kind == "layer":
+    if kind in RESIDENT_RUN_KINDS:
         return CacheConfig(fraction=1.0), PolicySpec("resident"), options
     if kind == "copy":
         return CacheConfig(fraction=ISSUE_FIT_CACHE_FRACTION), PolicySpec(ISSUE_FIT_POLICY), options
@@ -816,42 +845,67 @@ def host_workload(shape: ModelShape, moe_layers: int = HOST_LAYERS) -> tuple[Mod
     return small, synthetic_trace(small, HOST_TOKENS)
 
 
-def record_host_run(
+def record_host_runs(
     shape: ModelShape,
-    kind: str,
+    kinds: Sequence[str],
     profile: HardwareProfile,
     device: Any,
     engines: int,
     progress: Callable[[str], None],
-) -> HostRun:
-    """Decode the synthetic host-cost trace live on ``shape`` or a truncated copy (``host_run_layers``)."""
+) -> list[HostRun]:
+    """Decode the synthetic host-cost trace live once per kind, all on one model of ``shape`` or of a
+    truncated copy (``host_run_layers`` of the first kind): a "copying" run describes the model of the
+    "layer" run before it only if it decodes on that very model (instances differ, session 9)."""
     from sim import live
 
-    small, trace = host_workload(shape, host_run_layers(shape, kind, device))
-    what = "time per layer" if kind == "layer" else "time per copy"
+    small, trace = host_workload(shape, host_run_layers(shape, kinds[0], device))
+    what = ", ".join(HOST_RUN_MEASURES[kind] for kind in kinds)
     progress(f"host {what} of {shape.name} (live decode, {small.num_moe_layers} layers)")
-    cache, policy, options = host_run_setup(kind)
-    _, policy_obj, slots = live.prepare(trace, small, policy, cache, options)
-    copies = not policy_obj.resident
+    slots, copies = 0, False
+    for kind in kinds:
+        cache, policy, options = host_run_setup(kind)
+        _, policy_obj, needed = live.prepare(trace, small, policy, cache, options)
+        slots, copies = max(slots, needed), copies or not policy_obj.resident
     budget = GIB if copies else small.bytes_per_expert
     live_options = live.LiveOptions(device=str(device), host_budget_bytes=budget)
     model = live.open_model(
         small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options, profile.copy.serial
     )
-    return host_run_on(model, kind, profile, live_options, shape.name)
+    return [host_run_on(model, kind, profile, live_options, shape.name) for kind in kinds]
 
 
 def host_run_on(
     model: Any, kind: str, profile: HardwareProfile, live_options: Any, name: str | None = None
 ) -> HostRun:
     """Decode the synthetic host-cost trace of ``kind`` on a live model built already (its shape, maybe
-    truncated: ``host_workload``), labelled with shape ``name`` (default: the model's)."""
+    truncated: ``host_workload``), labelled with shape ``name`` (default: the model's). A "copying" run
+    (GPU only) first queues a ``CopyChain`` of expert-sized copies that outlasts the decode, without the
+    executor's warm-up (it would wait for the whole chain), and keeps the chain's copy count and time in
+    its counters (``chain_copies``, ``chain_us``)."""
     from sim import live
+    from sim.simulation import simulate
 
     small = model.shape
     trace = host_workload(small, small.num_moe_layers)[1]
     cache, policy, options = host_run_setup(kind)
+    chain = None
+    if kind == "copying":
+        if not model.dev.cuda:
+            raise ValueError("a host-cost run beside copies needs a GPU")
+        live_options = dataclasses.replace(live_options, warmup_steps=0)
+        expected_s = simulate(trace, small, profile, cache, policy, options).total_s
+        chain = CopyChain(model.dev.device, min(small.bytes_per_expert, COPY_CHAIN_MAX_BYTES))
+        chain.start(COPYING_RUN_MARGIN * expected_s + COPYING_RUN_EXTRA_S)
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
+    counters = {k: float(v) for k, v in ran.counters.items()}
+    if chain is not None:
+        chain_s = chain.elapsed_s()
+        if chain_s < float(ran.step_latency_s.sum()):
+            raise RuntimeError(
+                f"the copy chain ({chain.copies} copies, {chain_s * 1e3:.1f} ms) ended before the decode "
+                f"({ran.step_latency_s.sum() * 1e3:.1f} ms): the run was not beside copies throughout"
+            )
+        counters |= {"chain_copies": float(chain.copies), "chain_us": chain_s * 1e6}
     # (the host-cost trace is one sequence decoded at batch 1: token i is step i)
     probes = [] if ran.host_probe_s is None else [float(x) for x in ran.host_probe_s]
     busy_s = (ran.counters["host_loop_us"] - ran.counters["host_wait_gpu_us"]) / 1e6 / len(ran.step_latency_s)
@@ -862,17 +916,21 @@ def host_run_on(
         probes,
         busy_s,
         small.num_moe_layers,
-        {k: float(v) for k, v in ran.counters.items()},
+        counters,
     )
 
 
-def instance_run_fits(model: Any) -> bool:
-    """Whether a live model can decode the resident host-cost run of its whole shape (``host_run_on``):
-    every expert in a slot, and room for the trace's context."""
+def instance_run_kinds(model: Any) -> tuple[str, ...]:
+    """The host-cost runs a live model can decode of its whole shape (``host_run_on``): with every
+    expert in a slot and room for the trace's context, the resident run, and on a GPU the run beside
+    copies after it; none otherwise."""
     shape = model.shape
-    return model.slots.shape[0] >= shape.num_moe_layers * shape.num_experts and (
+    fits = model.slots.shape[0] >= shape.num_moe_layers * shape.num_experts and (
         model.max_context >= HOST_TOKENS + 1
     )
+    if not fits:
+        return ()
+    return RESIDENT_RUN_KINDS if model.dev.cuda else ("layer",)
 
 
 def host_run_layers(shape: ModelShape, kind: str, device: Any) -> int:
@@ -883,7 +941,7 @@ def host_run_layers(shape: ModelShape, kind: str, device: Any) -> int:
     9% faster than the second (session 8): the GPU's time outside the ops is the whole model's."""
     from sim import live
 
-    if kind != "layer":
+    if kind not in RESIDENT_RUN_KINDS:
         return HOST_LAYERS
     every_expert = shape.num_moe_layers * shape.num_experts
     plan = live.plan_memory(shape, every_expert, False, 1, HOST_TOKENS + 1, False, 0)
@@ -891,15 +949,21 @@ def host_run_layers(shape: ModelShape, kind: str, device: Any) -> int:
 
 
 def use_instance_runs(result: Calibration, runs: Sequence[HostRun]) -> None:
-    """Replace ``result``'s resident host-cost run of each shape that ``runs`` holds one of by that run
-    (a validation's own model: ``sim.validate.run_live_grid``'s ``instance_runs``), so that
-    ``fit_host_costs`` fits that model's costs per layer, and say so in the notes."""
-    replaced = {(r.shape, r.kind): r for r in runs}
-    result.host_runs = [r for r in result.host_runs if (r.shape, r.kind) not in replaced] + list(runs)
+    """Replace ``result``'s resident host-cost runs ("layer" and "copying") of each shape that ``runs``
+    holds some of by those (a validation's own model: ``sim.validate.run_live_grid``'s
+    ``instance_runs``), so that ``fit_host_costs`` fits that model's costs per layer, and say so in the
+    notes. Calibration's run beside copies goes too where the instance has none: it describes calibration's
+    model, whose "layer" run is replaced."""
+    replaced = {r.shape for r in runs}
+    result.host_runs = [
+        r for r in result.host_runs if r.shape not in replaced or r.kind not in RESIDENT_RUN_KINDS
+    ] + list(runs)
     names = ", ".join(sorted({r.shape for r in runs}))
+    beside = any(r.kind == "copying" for r in runs)
+    fitted = "host_layer, gpu_layer" + (" and copying_scale" if beside else "")
     result.notes = (
-        f"{result.notes} host_layer and gpu_layer of {names} fitted to the resident host-cost run on the "
-        "model a validation grid ran on (its instance_runs.json), not on calibration's own model."
+        f"{result.notes} {fitted} of {names} fitted to the resident host-cost run(s) on the model a "
+        "validation grid ran on (its instance_runs.json), not on calibration's own model."
     ).strip()
 
 
@@ -915,6 +979,12 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
     - ``gpu_layer_s[shape]`` (runs with busy time only): the GPU time per MoE layer at which that
       quantile of (live - simulated) is zero (bisection): the gaps between a layer's launches, which
       ops timed one at a time do not show;
+    - ``copying_scale[shape]`` (where a "copying" run decoded on the resident run's model): the factor on
+      the shape's ``<op>_copying`` curves at which that quantile of the run's (live - simulated) step
+      time is zero, simulated with every op beside copies (``with_link_busy``), after the two above.
+      Ops timed one at a time beside copies need not slow like that model's: on session 9's H200 VMs,
+      prefetching policies lost up to 0.16 ms per token more than on-demand loading on slow model
+      instances, where scaling DeepSeek-V2-Lite's ``<op>_copying`` curves by 1.15 matched them;
     - ``issue_s`` (``copy.issue_s``): the host time per copy that the first shape's oracle run
       measured (committing copies to copy streams and handling them once landed, its counters
       ``host_issue_us`` and ``host_landing_us``). Runs kept before session 6 lack those counters; for
@@ -933,10 +1003,13 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
 
     runs = {(r.shape, r.kind): r for r in result.host_runs}
     steps, slow = host_fit_steps(result.host_runs)
-    result.issue_s, result.host_layer_s, result.gpu_layer_s = 0.0, {}, {}
+    result.issue_s, result.host_layer_s, result.gpu_layer_s, result.copying_scale = 0.0, {}, {}, {}
     for shape in shapes:
         if (shape.name, "layer") in runs:
             _fit_layer_costs(result, shapes, shape, runs[shape.name, "layer"], steps[shape.name, "layer"])
+        if (shape.name, "copying") in runs:
+            key = (shape.name, "copying")
+            _fit_copying_scale(result, shapes, shape, runs[key], steps[key])
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
         return slow
@@ -985,6 +1058,56 @@ def _fit_layer_costs(
         return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
 
     result.gpu_layer_s[shape.name] = fit_scalar(shortfall, 0.0, 0.0, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS)
+
+
+def _fit_copying_scale(
+    result: Calibration, shapes: Sequence[ModelShape], shape: ModelShape, run: HostRun, mask: np.ndarray
+) -> None:
+    """``copying_scale`` of ``shape`` from its run beside copies (see ``fit_host_costs``)."""
+    from sim.simulation import simulate
+
+    small, trace = host_workload(shape, run.moe_layers)
+    setup = host_run_setup("copying")
+    live = np.asarray(run.step_latency_s)[mask]
+
+    def shortfall(scale: float) -> float:  # rises with scale; zero at the fit
+        result.copying_scale[shape.name] = scale
+        busy = to_profile(with_link_busy(result, shape.name), shapes)
+        simulated = simulate(trace, small, busy, *setup).step_latency_s[mask]
+        return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
+
+    result.copying_scale[shape.name] = fit_scalar(
+        shortfall, 0.0, COPYING_SCALE_MIN, COPYING_SCALE_MAX, ISSUE_FIT_STEPS
+    )
+
+
+def with_link_busy(result: Calibration, shape_name: str) -> Calibration:
+    """``result`` as if the link were busy all the while: each op of ``shape_name`` with a curve beside
+    copies (scaled by its ``copying_scale``) runs on the GPU at that curve's time (and takes at least as
+    long back to back); a resident decode simulated with it is the counterpart of a "copying" host-cost
+    run, whose chain of copies kept the link busy."""
+    t = result.shapes[shape_name]
+    scale = result.copying_scale.get(shape_name, 1.0)
+    busy = {op: _elementwise(max, t.gpu_s[op], _scaled(t.copying_s[op], scale)) for op in t.copying_s}
+    op_curves = {f"{op}_s": _elementwise(max, getattr(t, f"{op}_s"), busy[op]) for op in busy}
+    timings = dataclasses.replace(t, gpu_s=t.gpu_s | busy, copying_s=busy, **op_curves)
+    return dataclasses.replace(
+        result,
+        shapes=result.shapes | {shape_name: timings},
+        copying_scale={k: v for k, v in result.copying_scale.items() if k != shape_name},
+    )
+
+
+def _scaled(values: Any, factor: float) -> Any:
+    """A curve's values (a list, or a list of lists) times ``factor``."""
+    return [_scaled(v, factor) for v in values] if isinstance(values, list) else values * factor
+
+
+def _elementwise(fn: Callable[[float, float], float], a: Any, b: Any) -> Any:
+    """``fn`` of two curves' values point by point (lists, or lists of lists, of one layout)."""
+    if isinstance(a, list):
+        return [_elementwise(fn, x, y) for x, y in zip(a, b, strict=True)]
+    return fn(a, b)
 
 
 def launch_time_per_step_s(costs: CostModel, shape: ModelShape, context_total: int) -> float:
@@ -1209,13 +1332,14 @@ def _measure_host_costs(
 
     provisional = to_profile(result, shapes)
     engines = provisional.copy.engines
-    jobs = [(shape, "layer") for shape in shapes] + [(shapes[0], "copy")]
-    for shape, kind in jobs:
-        run = gate(
-            f"host {kind} {shape.name}",
-            lambda s=shape, k=kind: record_host_run(s, k, provisional, dev, engines, say),
+    resident = RESIDENT_RUN_KINDS if dev.type == "cuda" else ("layer",)
+    jobs = [(shape, resident) for shape in shapes] + [(shapes[0], ("copy",))]
+    for shape, kinds in jobs:
+        runs = gate(
+            f"host {' '.join(kinds)} {shape.name}",
+            lambda s=shape, k=kinds: record_host_runs(s, k, provisional, dev, engines, say),
         )
-        result.host_runs.append(run)
+        result.host_runs.extend(runs)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     slow = fit_host_costs(result, shapes)
@@ -1275,7 +1399,9 @@ def to_profile(
         curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
         per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
         curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
-        for suffix, timed in (("_gpu", t.gpu_s), ("_host", t.host_s), ("_copying", t.copying_s)):
+        scale = result.copying_scale.get(shape.name, 1.0)
+        copying = {op: _scaled(values, scale) for op, values in t.copying_s.items()}
+        for suffix, timed in (("_gpu", t.gpu_s), ("_host", t.host_s), ("_copying", copying)):
             for op, values in timed.items():
                 axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
                 context = t.contexts if op == "attention" else ()
@@ -1343,6 +1469,7 @@ def to_profile(
             "run of the first shape into a quarter-size cache (by bisection; all over the steps whose host "
             "probe showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
         )
+        + _copying_scale_note(result.copying_scale)
         + _delays_note(result.stream_delays, delayed_copy_s)
         + (f" {result.notes}" if result.notes else "")
         + (
@@ -1384,6 +1511,19 @@ def to_profile(
             cpu_gflops=max(cpu_gflops(result.shapes[s.name], s) for s in shapes) if shapes else 200.0,
             curves=tuple(curves),
         ),
+    )
+
+
+def _copying_scale_note(scales: dict[str, float]) -> str:
+    """The profile's words on the ``<op>_copying`` curves' fitted factors (none: as measured)."""
+    if not scales:
+        return ""
+    listed = ", ".join(f"{name} x{scale:.3f}" for name, scale in scales.items())
+    return (
+        f" <op>_copying curves scaled per shape ({listed}): the factor at which the "
+        f"{100 * HOST_FIT_QUANTILE:.0f}th percentile of (live - simulated) step time is zero for a resident "
+        "decode on the resident run's model with a chain of expert-sized copies keeping the link busy "
+        "throughout, simulated with every op at its time beside copies."
     )
 
 
@@ -1438,6 +1578,9 @@ def summary_text(result: Calibration) -> str:
     if result.gpu_layer_s:
         gaps = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in result.gpu_layer_s.items())
         lines.append(f"GPU time per MoE layer outside the ops: {gaps}")
+    if result.copying_scale:
+        scales = ", ".join(f"{k} x{v:.3f}" for k, v in result.copying_scale.items())
+        lines.append(f"ops beside copies, against their curves, in a decode with the link busy: {scales}")
     for name, t in result.shapes.items():
         if t.host_s:
             launches = ", ".join(f"{op} {v[0] * 1e6:.1f}" for op, v in t.host_s.items() if op != "attention")

@@ -208,8 +208,9 @@ def run_live_grid(
     ``on_shape_done`` gets the results so far after each shape (to save them as the run goes).
 
     With ``instance_runs`` (a list), each shape's live model, where it holds every expert, also decodes
-    calibration's resident host-cost run (``sim.calibrate.host_run_on``) and the run is appended: the
-    same model's GPU and host costs, for a profile fitted to this very instance (``moe-prefetch
+    calibration's resident host-cost runs (``sim.calibrate.instance_run_kinds``, ``host_run_on``: alone
+    and, on a GPU, with the link kept busy) and the runs are appended: the same model's GPU and host
+    costs and its ops' time beside copies, for a profile fitted to this very instance (``moe-prefetch
     calibrate --refit RAW.json --instance-runs``). DeepSeek-V2-Lite's resident decode ran 5.9-6.4 ms
     per token on four models built one after the other in one process (session 9), so a calibration's
     own model can sit 10% away from the validation's.
@@ -286,9 +287,10 @@ def _live_shape(
     first_spec, first_fraction = points[0]
     burn_in = trace.select_tokens(np.arange(min(trace.num_tokens, BURN_IN_TOKENS)))
     live.run_live(model, burn_in, hardware, grid.cache(first_fraction), first_spec, options, live_options)
-    if instance_runs is not None and calibrate.instance_run_fits(model):
-        say(f"{shape.name}: calibration's resident host-cost run on this model")
-        measure = functools.partial(calibrate.host_run_on, model, "layer", hardware, live_options)
+    for kind in calibrate.instance_run_kinds(model) if instance_runs is not None else ():
+        what = calibrate.HOST_RUN_MEASURES[kind]
+        say(f"{shape.name}: calibration's host-cost run of its {what} on this model")
+        measure = functools.partial(calibrate.host_run_on, model, kind, hardware, live_options)
         instance_runs.append(measure() if gate is None else gate.run(measure).value)
     passes = run.passes or grid.passes
     for p in range(passes):

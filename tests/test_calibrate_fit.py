@@ -296,36 +296,104 @@ def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
     assert result.host_layer_s[TINY.name] == pytest.approx(host_s / small.num_moe_layers)
 
 
+def _graphed(result: cal.Calibration, copying_ratio: float = 1.0) -> cal.ShapeTimings:
+    """``result``'s TINY timings made those of a graphed executor: every op runs 100 us on the GPU
+    (``copying_ratio`` times that beside copies) and launches in 1 us."""
+    from sim.hardware import GPU_TIMED_OPS
+
+    timings = result.shapes[TINY.name]
+    for op in GPU_TIMED_OPS:
+        axis = timings.tokens if op in ("expert", "shared", "dense") else timings.batches
+        timings.gpu_s[op] = [1e-4] * len(axis)
+        timings.host_s[op] = [1e-6] * len(axis)
+        timings.copying_s[op] = [1e-4 * copying_ratio] * len(axis)
+    for curves, seconds in ((timings.gpu_s, 1e-4), (timings.host_s, 1e-6), (timings.copying_s, 1e-4)):
+        curves["attention"] = [
+            [seconds * (copying_ratio if curves is timings.copying_s else 1.0)] * len(timings.contexts)
+            for _ in timings.batches
+        ]
+    return timings
+
+
+def _decoded(result: cal.Calibration, kind: str, profile) -> cal.HostRun:
+    """``result``'s host-cost run of ``kind``, its steps replaced by those ``profile`` simulates, at fast
+    probes (a made-up live run whose truth is known)."""
+    from sim.simulation import simulate
+
+    run = next(r for r in result.host_runs if r.kind == kind)
+    small, trace = cal.host_workload(TINY, run.moe_layers)
+    run.step_latency_s = list(simulate(trace, small, profile, *cal.host_run_setup(kind)).step_latency_s)
+    run.host_probe_s = [1e-5] * len(run.step_latency_s)
+    return run
+
+
 def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_told_apart() -> None:
     """A graphed executor launches in microseconds what the GPU runs for tens: its step time is the
     GPU's, so the host's own time per layer comes from its measured busy time (less the probe and the
     launches), and the GPU's gaps between launches from what the simulated steps still lack."""
     from sim.costs import CostModel
-    from sim.hardware import GPU_TIMED_OPS
-    from sim.simulation import simulate
 
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
-    timings = result.shapes[TINY.name]
-    for op in GPU_TIMED_OPS:
-        axis = timings.tokens if op in ("expert", "shared", "dense") else timings.batches
-        timings.gpu_s[op] = [1e-4] * len(axis)  # every op runs 100 us on the GPU ...
-        timings.host_s[op] = [1e-6] * len(axis)  # ... and launches in 1 us
-    timings.gpu_s["attention"] = [[1e-4] * len(timings.contexts) for _ in timings.batches]
-    timings.host_s["attention"] = [[1e-6] * len(timings.contexts) for _ in timings.batches]
-    layer_run = next(r for r in result.host_runs if r.kind == "layer")
-    small, trace = cal.host_workload(TINY, layer_run.moe_layers)
+    _graphed(result)
     result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-4}, {TINY.name: 5e-5}
     truth = cal.to_profile(result, [TINY])
-    layer_run.step_latency_s = list(
-        simulate(trace, small, truth, *cal.host_run_setup("layer")).step_latency_s
-    )
-    layer_run.host_probe_s = [1e-5] * len(layer_run.step_latency_s)
+    layer_run = _decoded(result, "layer", truth)
+    small = cal.host_workload(TINY, layer_run.moe_layers)[0]
     launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
     layer_run.host_busy_s = 3e-5 + launches + small.num_moe_layers * 2e-4
     cal.fit_host_costs(result, [TINY])
     assert result.host_layer_s[TINY.name] == pytest.approx(2e-4)
     assert result.gpu_layer_s[TINY.name] == pytest.approx(5e-5, rel=1e-3)
     assert cal.to_profile(result, [TINY]).compute.curve("gpu_layer", TINY.name) is not None
+
+
+def test_with_the_link_busy_every_op_runs_at_its_scaled_time_beside_copies() -> None:
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
+    _graphed(result, copying_ratio=1.2)
+    result.copying_scale = {TINY.name: 1.5}
+    busy = cal.with_link_busy(result, TINY.name)
+    profile = cal.to_profile(result, [TINY])
+    busy_profile = cal.to_profile(busy, [TINY])
+    for op in ("expert", "norm"):
+        assert profile.compute.curve(f"{op}_copying", TINY.name).at(1) == pytest.approx(1e-4 * 1.2 * 1.5)
+        assert busy_profile.compute.curve(f"{op}_gpu", TINY.name).at(1) == pytest.approx(1e-4 * 1.2 * 1.5)
+        assert busy_profile.compute.curve(op, TINY.name).at(1) >= 1e-4 * 1.2 * 1.5  # back to back too
+    attention = busy_profile.compute.curve("attention_gpu", TINY.name)
+    assert attention.at(1, result.shapes[TINY.name].contexts[-1]) == pytest.approx(1e-4 * 1.8)
+    assert result.copying_scale == {TINY.name: 1.5}  # (the input is left as it was)
+    result.copying_scale = {TINY.name: 0.5}  # an op is never faster beside copies than alone
+    assert cal.to_profile(cal.with_link_busy(result, TINY.name), [TINY]).compute.curve(
+        "expert_gpu", TINY.name
+    ).at(1) == pytest.approx(1e-4)
+
+
+def test_a_run_beside_copies_fits_the_factor_on_the_ops_times_beside_copies() -> None:
+    """The model of a "copying" run slows beside copies 1.4 times as much as the ops timed one at a time
+    beside them: the fit, after the resident run's costs, finds that factor, and says so."""
+    from sim.costs import CostModel
+
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    _graphed(result, copying_ratio=1.25)
+    copying_run = dataclasses.replace(next(r for r in result.host_runs if r.kind == "layer"), kind="copying")
+    result.host_runs.append(copying_run)
+    result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-5}, {TINY.name: 5e-5}
+    truth = cal.to_profile(result, [TINY])
+    layer_run = _decoded(result, "layer", truth)
+    small = cal.host_workload(TINY, layer_run.moe_layers)[0]
+    launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
+    layer_run.host_busy_s = launches + small.num_moe_layers * 2e-5
+    result.copying_scale = {TINY.name: 1.4}
+    _decoded(result, "copying", cal.to_profile(cal.with_link_busy(result, TINY.name), [TINY]))
+    result.copying_scale = {}
+    cal.fit_host_costs(result, [TINY])
+    assert result.gpu_layer_s[TINY.name] == pytest.approx(5e-5, rel=1e-2)
+    assert result.copying_scale[TINY.name] == pytest.approx(1.4, rel=1e-2)
+    profile = cal.to_profile(result, [TINY])
+    assert profile.compute.curve("expert_copying", TINY.name).at(1) == pytest.approx(1.4 * 1.25e-4, rel=1e-2)
+    assert f"{TINY.name} x1.4" in profile.meta.notes and "x1.4" in cal.summary_text(result)
+    result.host_runs.remove(copying_run)
+    cal.fit_host_costs(result, [TINY])
+    assert result.copying_scale == {}  # without the run the curves stay as measured
 
 
 def test_stream_hand_overs_become_the_profiles_copy_delays_and_round_trip() -> None:
@@ -380,8 +448,30 @@ def test_instance_runs_replace_the_calibrations_own_resident_run_and_say_so() ->
     copy_run = next(r for r in result.host_runs if r.kind == "copy")
     own = next(r for r in result.host_runs if r.kind == "layer")
     instance = dataclasses.replace(own, step_latency_s=[t * 1.2 for t in own.step_latency_s])
+    beside = dataclasses.replace(own, kind="copying")  # as a GPU calibration has, on its own model
+    result.host_runs.append(beside)
     cal.use_instance_runs(result, [instance])
     assert [r for r in result.host_runs if r.kind == "layer"] == [instance]
     assert [r for r in result.host_runs if r.kind == "copy"] == [copy_run]
+    assert not [r for r in result.host_runs if r.kind == "copying"]  # it described calibration's model
     cal.fit_host_costs(result, [TINY])
     assert "instance_runs.json" in cal.to_profile(result, [TINY]).meta.notes
+    instance_beside = dataclasses.replace(beside, step_latency_s=[t * 1.3 for t in own.step_latency_s])
+    cal.use_instance_runs(result, [instance, instance_beside])
+    assert [r for r in result.host_runs if r.kind == "copying"] == [instance_beside]
+    assert "copying_scale" in result.notes
+
+
+def test_a_host_cost_run_beside_copies_needs_a_gpu() -> None:
+    """The CPU test vehicle has no link to keep busy: its models decode the resident run alone."""
+    from sim import live
+    from sim.hardware import load_profile
+
+    options = live.LiveOptions(device="cpu")
+    every_expert = TINY.num_moe_layers * TINY.num_experts
+    model = live.open_model(TINY, every_expert, False, 1, cal.HOST_TOKENS + 1, False, 1, options)
+    assert cal.instance_run_kinds(model) == ("layer",)
+    with pytest.raises(ValueError, match="needs a GPU"):
+        cal.host_run_on(model, "copying", load_profile("h200"), options)
+    short = live.open_model(TINY, every_expert, False, 1, cal.HOST_TOKENS, False, 1, options)
+    assert cal.instance_run_kinds(short) == ()  # no room for the trace's context

@@ -78,8 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--instance-runs",
         metavar="FILE.json",
-        help="with --refit: fit each shape's costs per layer to these resident runs instead of the "
-        "calibration's own (a validation's instance_runs.json: the model the grid ran on)",
+        help="with --refit: fit each shape's costs per layer (and its ops' time beside copies) to these "
+        "resident runs instead of the calibration's own (a validation's instance_runs.json: the model the "
+        "grid ran on)",
     )
     parser.set_defaults(handler=_run)
 
@@ -145,7 +146,7 @@ def _read_instance_runs(path: str, names: list[str]) -> list[HostRun]:
         raise InputError(path, "no such file") from None
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise InputError(path, f"not an instance_runs.json ({type(exc).__name__}: {exc})") from None
-    runs = [r for r in runs if r.shape in names and r.kind == "layer"]
+    runs = [r for r in runs if r.shape in names and r.kind in cal.RESIDENT_RUN_KINDS]
     if not runs:
         raise InputError(path, f"has no resident run of {', '.join(names)}")
     return runs

@@ -10,9 +10,10 @@ A grid with ``host_gate_timeout_s`` > 0 makes every live run wait for the host c
 (sim/host_speed.py: on the H200 VMs a vCPU switched between two speeds 2x apart).
 
 Live runs also leave instance_runs.json: each shape's live model, where it holds every expert, decodes
-calibration's resident host-cost run too, so that ``moe-prefetch calibrate --refit RAW.json
---instance-runs DIR/instance_runs.json`` can fit the GPU's and the host's costs per layer to the very
-model the grid ran on (models built one after the other ran up to 10% apart).
+calibration's resident host-cost runs too (alone, and with a chain of copies keeping the link busy), so
+that ``moe-prefetch calibrate --refit RAW.json --instance-runs DIR/instance_runs.json`` can fit the GPU's
+and the host's costs per layer and the ops' time beside copies to the very model the grid ran on (models
+built one after the other ran up to 10% apart).
 
 --live-only stops after the live runs (for a GPU machine without simpy); --resimulate skips them and
 re-simulates the live results already in DIR, for instance with an improved profile (--hardware):
