@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import platform
 import statistics
@@ -562,6 +563,7 @@ class CopyChain:
         (``elapsed_s`` once they ran)."""
         import torch
 
+        started = time.perf_counter()
         self.copies = 1 + math.ceil(seconds * self.FASTEST_LINK_BPS / self.chunk_bytes)
         self.begun, self.ended = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         with torch.cuda.stream(self.stream):
@@ -569,6 +571,8 @@ class CopyChain:
             for _ in range(self.copies):
                 self.dst.copy_(self.src, non_blocking=True)
             self.ended.record()
+        #: the host's time to queue them (the link ran meanwhile)
+        self.queueing_s = time.perf_counter() - started
 
     def elapsed_s(self) -> float:
         """The GPU time from the first copy of the last ``start`` to the end of its last (waits for it)."""
@@ -879,31 +883,33 @@ def host_run_on(
 ) -> HostRun:
     """Decode the synthetic host-cost trace of ``kind`` on a live model built already (its shape, maybe
     truncated: ``host_workload``), labelled with shape ``name`` (default: the model's). A "copying" run
-    (GPU only) first queues a ``CopyChain`` of expert-sized copies that outlasts the decode, without the
-    executor's warm-up (it would wait for the whole chain), and keeps the chain's copy count and time in
-    its counters (``chain_copies``, ``chain_us``)."""
+    (GPU only) queues a ``CopyChain`` of expert-sized copies right before its first step, long enough to
+    outlast the decode, and keeps the chain's copy count and time in its counters (``chain_copies``,
+    ``chain_us``); it refuses a run whose chain ended first. (Queued before ``run_live``, session 10's
+    first chains were spent by up to 0.4 s of set-up and ended a quarter of the way before the
+    decode.)"""
     from sim import live
     from sim.simulation import simulate
 
     small = model.shape
     trace = host_workload(small, small.num_moe_layers)[1]
     cache, policy, options = host_run_setup(kind)
-    chain = None
+    chain, queue_chain = None, None
     if kind == "copying":
         if not model.dev.cuda:
             raise ValueError("a host-cost run beside copies needs a GPU")
-        live_options = dataclasses.replace(live_options, warmup_steps=0)
         expected_s = simulate(trace, small, profile, cache, policy, options).total_s
         chain = CopyChain(model.dev.device, min(small.bytes_per_expert, COPY_CHAIN_MAX_BYTES))
-        chain.start(COPYING_RUN_MARGIN * expected_s + COPYING_RUN_EXTRA_S)
-    ran = live.run_live(model, trace, profile, cache, policy, options, live_options)
+        queue_chain = functools.partial(chain.start, COPYING_RUN_MARGIN * expected_s + COPYING_RUN_EXTRA_S)
+    ran = live.run_live(model, trace, profile, cache, policy, options, live_options, queue_chain)
     counters = {k: float(v) for k, v in ran.counters.items()}
     if chain is not None:
-        chain_s = chain.elapsed_s()
-        if chain_s < float(ran.step_latency_s.sum()):
+        chain_s, decode_s = chain.elapsed_s(), float(ran.step_latency_s.sum())
+        if chain_s < decode_s + chain.queueing_s:
             raise RuntimeError(
                 f"the copy chain ({chain.copies} copies, {chain_s * 1e3:.1f} ms) ended before the decode "
-                f"({ran.step_latency_s.sum() * 1e3:.1f} ms): the run was not beside copies throughout"
+                f"({decode_s * 1e3:.1f} ms after {chain.queueing_s * 1e3:.1f} ms of queueing the chain): the "
+                "run was not beside copies throughout"
             )
         counters |= {"chain_copies": float(chain.copies), "chain_us": chain_s * 1e6}
     # (the host-cost trace is one sequence decoded at batch 1: token i is step i)

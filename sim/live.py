@@ -788,10 +788,13 @@ def run_live(
     policy: PolicySpec,
     options: SimOptions | None = None,
     live: LiveOptions | None = None,
+    before_decode: Callable[[], None] | None = None,
 ) -> SimResult:
     """Decode ``trace`` on ``model`` with one cache and policy; returns a SimResult with clock="live".
 
     The result's config equals the simulator's for the same inputs (same key), so the two line up.
+    ``before_decode``, if given, is called right before the measured decode's first step (after the
+    warm-up and the set-up): work to put beside the decode, such as calibration's chain of copies.
     """
     options = options or SimOptions()
     live = live or LiveOptions()
@@ -812,6 +815,8 @@ def run_live(
         decode = _Decode(
             model, controller, options, options.timeline_steps, workload.num_steps, live.timeline_compute
         )
+        if before_decode is not None:
+            before_decode()
         loop_started = time.perf_counter()
         step_latency, stall = decode.run()
         host_loop_s = time.perf_counter() - loop_started

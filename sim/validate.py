@@ -291,7 +291,10 @@ def _live_shape(
         what = calibrate.HOST_RUN_MEASURES[kind]
         say(f"{shape.name}: calibration's host-cost run of its {what} on this model")
         measure = functools.partial(calibrate.host_run_on, model, kind, hardware, live_options)
-        instance_runs.append(measure() if gate is None else gate.run(measure).value)
+        try:
+            instance_runs.append(measure() if gate is None else gate.run(measure).value)
+        except RuntimeError as exc:  # (a chain of copies that ended early) the grid's runs still count
+            say(f"WARNING: {shape.name}: no {kind} instance run ({exc})")
     passes = run.passes or grid.passes
     for p in range(passes):
         for spec, fraction in points if p % 2 == 0 else points[::-1]:

@@ -189,3 +189,27 @@ def test_the_predictor_runs_where_asked_and_never_changes_a_decision(trace, mode
     assert predicted["inline"] > 0 and predicted["side"] == predicted["inline"] and predicted["none"] == 0
     rows = [r.summary_row() for r in runs.values()]
     assert all({k: row[k] for k in LOGICAL} == {k: rows[0][k] for k in LOGICAL} for row in rows)
+
+
+def test_work_put_beside_the_decode_starts_after_the_warm_up_and_set_up(trace, model, monkeypatch) -> None:
+    """Calibration's chain of copies must keep the link busy through the measured decode: queued earlier,
+    the warm-up's synchronisation or the set-up would spend it."""
+    calls: list[str] = []
+    decode_run = live._Decode.run
+
+    def logged(self):
+        calls.append(f"decode {self.num_steps} steps")
+        return decode_run(self)
+
+    monkeypatch.setattr(live._Decode, "run", logged)
+    ran = live.run_live(
+        model,
+        trace,
+        load_profile("h200"),
+        CacheConfig(fraction=1.0),
+        PolicySpec("resident"),
+        SimOptions(),
+        live.LiveOptions(device="cpu", warmup_steps=2),
+        before_decode=lambda: calls.append("beside"),
+    )
+    assert calls == ["decode 2 steps", "beside", f"decode {len(ran.step_latency_s)} steps"]
