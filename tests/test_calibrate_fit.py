@@ -423,6 +423,35 @@ def test_stream_hand_overs_become_the_profiles_copy_delays_and_round_trip() -> N
     assert faster["gap_s"] == 0.0 and faster["gate_delay_s"] == pytest.approx(5e-6)
 
 
+def test_a_copy_point_slower_than_the_same_copies_back_to_back_is_taken_at_their_rate() -> None:
+    """A disturbance only adds time: the curve's point at the hand-overs' size is no slower than those
+    copies back to back, and the profile says when it was; other sizes stay as measured."""
+    from sim.stream_delays import StreamDelays
+
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke(), host_costs=False)
+    point = next(p for p in result.copies if p.size_bytes == TINY.bytes_per_expert)
+    others = {p.size_bytes: p.pinned_s for p in result.copies if p is not point}
+    period_s = point.pinned_s / 1.05
+    result.stream_delays = StreamDelays(
+        size_bytes=TINY.bytes_per_expert,
+        alone_s=point.pinned_s,
+        period_s=period_s,
+        gated_s=point.pinned_s,
+        op_alone_s=3e-6,
+        landed_op_s=7e-6,
+    )
+    profile = cal.to_profile(result, [TINY])
+    assert profile.copy.transfer_s(TINY.bytes_per_expert) == pytest.approx(period_s)
+    assert profile.copy.gap_s == 0.0
+    assert all(profile.copy.transfer_s(size) == pytest.approx(s) for size, s in others.items())
+    assert "slower than the same copies back to back" in profile.meta.notes
+    result.stream_delays = dataclasses.replace(result.stream_delays, period_s=point.pinned_s * 1.01)
+    profile = cal.to_profile(result, [TINY])
+    assert profile.copy.transfer_s(TINY.bytes_per_expert) == pytest.approx(point.pinned_s)
+    assert profile.copy.gap_s == pytest.approx(point.pinned_s * 0.01)
+    assert "back to back (" not in profile.meta.notes
+
+
 def test_the_resident_host_cost_run_decodes_the_whole_model_where_it_fits(monkeypatch) -> None:
     """The GPU's time outside the ops is the whole model's (session 8: DeepSeek-V2-Lite's first 12 layers
     ran per layer up to 9% off its full model); the copy run stays truncated."""
