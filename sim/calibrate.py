@@ -201,6 +201,9 @@ class Calibration:
     #: per shape: host time per MoE layer of the live decode loop beyond its ops (see fit_host_costs)
     host_layer_s: dict[str, float] = field(default_factory=dict)
     gpu_layer_s: dict[str, float] = field(default_factory=dict)
+    #: per shape: the factor on its ops' GPU times (``<op>_gpu``, ``<op>_copying``) where its resident run
+    #: was faster than its ops timed one at a time allow, even with no gap between them (see fit_host_costs)
+    gpu_scale: dict[str, float] = field(default_factory=dict)
     #: per shape: the factor on its ``<op>_copying`` curves at which the simulated "copying" run matches
     #: the live one (see fit_host_costs; a shape without such a run keeps its curves as measured)
     copying_scale: dict[str, float] = field(default_factory=dict)
@@ -794,6 +797,8 @@ ISSUE_FIT_MAX_S = 1e-3
 ISSUE_FIT_STEPS = 30
 #: bound of the fitted GPU time per MoE layer outside the ops (seconds)
 GPU_LAYER_FIT_MAX_S = 1e-3
+#: lower bound of the fitted factor on a shape's GPU times of its ops (``gpu_scale``)
+GPU_SCALE_MIN = 0.5
 #: bounds of the fitted factor on a shape's ``<op>_copying`` curves (below about 1 / (their ratio to the
 #: curves alone) it changes nothing: an op is never faster beside copies than alone)
 COPYING_SCALE_MIN, COPYING_SCALE_MAX = 0.5, 3.0
@@ -985,6 +990,11 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
     - ``gpu_layer_s[shape]`` (runs with busy time only): the GPU time per MoE layer at which that
       quantile of (live - simulated) is zero (bisection): the gaps between a layer's launches, which
       ops timed one at a time do not show;
+    - ``gpu_scale[shape]`` (runs with busy time only, where the fit of ``gpu_layer_s`` would need a
+      negative gap): the factor below 1 on the shape's GPU times of its ops at which that quantile is zero
+      with no gap. Calibration times the ops on buffers of its own, whose speed varies like a model's:
+      session 10's second calibration timed DeepSeek-V2-Lite's routed expert at 22.8 us (19.2-19.4 us in
+      session 9), and its resident decode simulated 6.2% slower than the model it was fitted to;
     - ``copying_scale[shape]`` (where a "copying" run decoded on the resident run's model): the factor on
       the shape's ``<op>_copying`` curves at which that quantile of the run's (live - simulated) step
       time is zero, simulated with every op beside copies (``with_link_busy``), after the two above.
@@ -1009,7 +1019,8 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
 
     runs = {(r.shape, r.kind): r for r in result.host_runs}
     steps, slow = host_fit_steps(result.host_runs)
-    result.issue_s, result.host_layer_s, result.gpu_layer_s, result.copying_scale = 0.0, {}, {}, {}
+    result.issue_s, result.host_layer_s, result.gpu_layer_s = 0.0, {}, {}
+    result.gpu_scale, result.copying_scale = {}, {}
     for shape in shapes:
         if (shape.name, "layer") in runs:
             _fit_layer_costs(result, shapes, shape, runs[shape.name, "layer"], steps[shape.name, "layer"])
@@ -1064,6 +1075,14 @@ def _fit_layer_costs(
         return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
 
     result.gpu_layer_s[shape.name] = fit_scalar(shortfall, 0.0, 0.0, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS)
+    if result.gpu_layer_s[shape.name] > 0.0 or shortfall(0.0) <= 0.0:
+        return
+
+    def scaled_shortfall(scale: float) -> float:  # rises with scale; zero at the fit
+        result.gpu_scale[shape.name] = scale
+        return shortfall(0.0)
+
+    result.gpu_scale[shape.name] = fit_scalar(scaled_shortfall, 0.0, GPU_SCALE_MIN, 1.0, ISSUE_FIT_STEPS)
 
 
 def _fit_copying_scale(
@@ -1405,9 +1424,14 @@ def to_profile(
         curves += [OpCurve(op, shape.name, t.batches, s) for op, s in per_batch.items() if s]
         per_tokens = {"expert": t.expert_s, "shared": t.shared_s, "dense": t.dense_s}
         curves += [OpCurve(op, shape.name, t.tokens, s) for op, s in per_tokens.items() if s]
-        scale = result.copying_scale.get(shape.name, 1.0)
-        copying = {op: _scaled(values, scale) for op, values in t.copying_s.items()}
-        for suffix, timed in (("_gpu", t.gpu_s), ("_host", t.host_s), ("_copying", copying)):
+        gpu = result.gpu_scale.get(shape.name, 1.0)
+        copying = gpu * result.copying_scale.get(shape.name, 1.0)
+        scaled = {
+            "_gpu": {op: _scaled(values, gpu) for op, values in t.gpu_s.items()},
+            "_host": t.host_s,
+            "_copying": {op: _scaled(values, copying) for op, values in t.copying_s.items()},
+        }
+        for suffix, timed in scaled.items():
             for op, values in timed.items():
                 axis = t.tokens if op in ("expert", "shared", "dense") else t.batches
                 context = t.contexts if op == "attention" else ()
@@ -1475,7 +1499,7 @@ def to_profile(
             "run of the first shape into a quarter-size cache (by bisection; all over the steps whose host "
             "probe showed the fast level: a slowdown only adds time, and not every one shows in the probe)."
         )
-        + _copying_scale_note(result.copying_scale)
+        + _scales_note(result)
         + copies_note
         + _delays_note(result.stream_delays, delayed_copy_s)
         + (f" {result.notes}" if result.notes else "")
@@ -1543,16 +1567,25 @@ def undisturbed_copies(result: Calibration) -> tuple[list[CopyPoint], str]:
     return [fixed if p is point else p for p in copies], note
 
 
-def _copying_scale_note(scales: dict[str, float]) -> str:
-    """The profile's words on the ``<op>_copying`` curves' fitted factors (none: as measured)."""
-    if not scales:
-        return ""
-    listed = ", ".join(f"{name} x{scale:.3f}" for name, scale in scales.items())
+def _scales_note(result: Calibration) -> str:
+    """The profile's words on the fitted factors on the ops' GPU times (none: as measured)."""
+
+    def listed(scales: dict[str, float]) -> str:
+        return ", ".join(f"{name} x{scale:.3f}" for name, scale in scales.items())
+
+    quantile = f"the {100 * HOST_FIT_QUANTILE:.0f}th percentile of (live - simulated) step time is zero"
     return (
-        f" <op>_copying curves scaled per shape ({listed}): the factor at which the "
-        f"{100 * HOST_FIT_QUANTILE:.0f}th percentile of (live - simulated) step time is zero for a resident "
-        "decode on the resident run's model with a chain of expert-sized copies keeping the link busy "
-        "throughout, simulated with every op at its time beside copies."
+        f" <op>_gpu and <op>_copying curves scaled per shape ({listed(result.gpu_scale)}): its resident "
+        f"run was faster than its ops allow with no gap between them; the factor at which {quantile} "
+        "with gpu_layer 0."
+        if result.gpu_scale
+        else ""
+    ) + (
+        f" <op>_copying curves scaled per shape ({listed(result.copying_scale)}): the factor at which "
+        f"{quantile} for a resident decode on the resident run's model with a chain of expert-sized "
+        "copies keeping the link busy throughout, simulated with every op at its time beside copies."
+        if result.copying_scale
+        else ""
     )
 
 
@@ -1607,6 +1640,9 @@ def summary_text(result: Calibration) -> str:
     if result.gpu_layer_s:
         gaps = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in result.gpu_layer_s.items())
         lines.append(f"GPU time per MoE layer outside the ops: {gaps}")
+    if result.gpu_scale:
+        scales = ", ".join(f"{k} x{v:.3f}" for k, v in result.gpu_scale.items())
+        lines.append(f"ops' GPU times against their curves, in a resident decode with no gap: {scales}")
     if result.copying_scale:
         scales = ", ".join(f"{k} x{v:.3f}" for k, v in result.copying_scale.items())
         lines.append(f"ops beside copies, against their curves, in a decode with the link busy: {scales}")

@@ -298,8 +298,10 @@ def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
 
 def _graphed(result: cal.Calibration, copying_ratio: float = 1.0) -> cal.ShapeTimings:
     """``result``'s TINY timings made those of a graphed executor: every op runs 100 us on the GPU
-    (``copying_ratio`` times that beside copies) and launches in 1 us."""
+    (``copying_ratio`` times that beside copies) and launches in 1 us, with no fitted factor on them."""
     from sim.hardware import GPU_TIMED_OPS
+
+    result.gpu_scale, result.copying_scale = {}, {}
 
     timings = result.shapes[TINY.name]
     for op in GPU_TIMED_OPS:
@@ -345,6 +347,34 @@ def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_t
     assert result.host_layer_s[TINY.name] == pytest.approx(2e-4)
     assert result.gpu_layer_s[TINY.name] == pytest.approx(5e-5, rel=1e-3)
     assert cal.to_profile(result, [TINY]).compute.curve("gpu_layer", TINY.name) is not None
+
+
+def test_a_resident_run_faster_than_its_ops_allow_scales_their_gpu_times_down() -> None:
+    """Calibration's own buffers can run the ops slower than the model does: with no gap left to fit,
+    the ops' GPU times (alone and beside copies) take the factor that matches the run, and say so."""
+    from sim.costs import CostModel
+
+    result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
+    _graphed(result, copying_ratio=1.25)
+    result.host_layer_s, result.gpu_layer_s, result.gpu_scale = (
+        {TINY.name: 2e-5},
+        {TINY.name: 0.0},
+        {TINY.name: 0.8},
+    )
+    truth = cal.to_profile(result, [TINY])
+    assert truth.compute.curve("expert_gpu", TINY.name).at(1) == pytest.approx(0.8e-4)
+    assert truth.compute.curve("expert_copying", TINY.name).at(1) == pytest.approx(0.8 * 1.25e-4)
+    layer_run = _decoded(result, "layer", truth)
+    small = cal.host_workload(TINY, layer_run.moe_layers)[0]
+    launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
+    layer_run.host_busy_s = launches + small.num_moe_layers * 2e-5
+    cal.fit_host_costs(result, [TINY])
+    assert result.gpu_layer_s[TINY.name] == 0.0
+    assert result.gpu_scale[TINY.name] == pytest.approx(0.8, rel=1e-2)
+    assert f"{TINY.name} x0.8" in cal.to_profile(result, [TINY]).meta.notes
+    layer_run.step_latency_s = [t + 1e-3 for t in layer_run.step_latency_s]  # now a gap is left
+    cal.fit_host_costs(result, [TINY])
+    assert result.gpu_layer_s[TINY.name] > 0.0 and result.gpu_scale == {}
 
 
 def test_with_the_link_busy_every_op_runs_at_its_scaled_time_beside_copies() -> None:
