@@ -460,21 +460,26 @@ class Stopwatch:
 
 
 def measure_copies(watch: Stopwatch, sizes: Sequence[int]) -> list[CopyPoint]:
-    """Median host-to-device copy time per size, pinned (events) and pageable (wall clock, it blocks)."""
-    return [_measure_one_copy(watch, size) for size in sorted(set(int(s) for s in sizes))]
-
-
-def _measure_one_copy(watch: Stopwatch, size: int) -> CopyPoint:
+    """Median host-to-device copy time per size: pinned (events), all sizes in interleaved rounds, so that
+    a slow spell of the link lands on every size alike (measured one size after the other, session 10's
+    fourth calibration had DeepSeek-V2-Lite's expert size 4.7% slow and its neighbours not), and pageable
+    (wall clock, it blocks; on the CPU the only kind)."""
     torch = watch.torch
-    n = size // 2
-    dst = torch.empty(n, dtype=torch.bfloat16, device=watch.device)
-    src_pageable = torch.randn(n, dtype=torch.float32).to(torch.bfloat16)
+    sizes = sorted(set(int(s) for s in sizes))
+    pageable = [torch.randn(size // 2, dtype=torch.float32).to(torch.bfloat16) for size in sizes]
+    dsts = [torch.empty(size // 2, dtype=torch.bfloat16, device=watch.device) for size in sizes]
     if not watch.cuda:
-        return CopyPoint(size, watch.per_call_s(lambda _i: dst.copy_(src_pageable), inner=1))
-    src_pinned = src_pageable.pin_memory()
-    pinned = watch.per_call_s(lambda _i: dst.copy_(src_pinned, non_blocking=True), inner=1)
-    pageable = watch.wall_s(lambda: dst.copy_(src_pageable, non_blocking=True), reps=10)
-    return CopyPoint(size, pinned, pageable)
+        copies = [lambda _i, d=d, s=s: d.copy_(s) for d, s in zip(dsts, pageable, strict=True)]
+        return [
+            CopyPoint(size, t) for size, t in zip(sizes, watch.per_call_all(copies, inner=1), strict=True)
+        ]
+    pinned = [src.pin_memory() for src in pageable]
+    copies = [lambda _i, d=d, s=s: d.copy_(s, non_blocking=True) for d, s in zip(dsts, pinned, strict=True)]
+    times = watch.per_call_all(copies, inner=1)
+    return [
+        CopyPoint(size, t, watch.wall_s(lambda d=d, s=s: d.copy_(s, non_blocking=True), reps=10))
+        for size, t, d, s in zip(sizes, times, dsts, pageable, strict=True)
+    ]
 
 
 def measure_concurrency(watch: Stopwatch, streams: Sequence[int], size: int) -> list[ConcurrencyPoint]:

@@ -534,3 +534,21 @@ def test_a_host_cost_run_beside_copies_needs_a_gpu() -> None:
         cal.host_run_on(model, "copying", load_profile("h200"), options)
     short = live.open_model(TINY, every_expert, False, 1, cal.HOST_TOKENS, False, 1, options)
     assert cal.instance_run_kinds(short) == ()  # no room for the trace's context
+
+
+def test_copy_sizes_are_timed_in_interleaved_rounds() -> None:
+    """A slow spell of the link must land on every size alike (one size after the other, session 10's
+    fourth calibration had the expert's size 4.7% slow): one interleaved measurement of all sizes."""
+    import torch
+
+    class Recording(cal.Stopwatch):
+        def per_call_all(self, fns, inner=None, reps=None):
+            measured.append(len(fns))
+            return super().per_call_all(fns, inner, reps)
+
+    measured: list[int] = []
+    watch = Recording(torch.device("cpu"), cal.Effort.smoke())
+    points = cal.measure_copies(watch, [4096, 1 << 20, 4096, 1 << 16])
+    assert measured == [3]
+    assert [p.size_bytes for p in points] == [4096, 1 << 16, 1 << 20]
+    assert all(p.pinned_s > 0 for p in points)
