@@ -4,9 +4,12 @@ Runs on a GPU (CUDA events, warm-up, repetitions, medians): host-to-device copie
 and pageable memory, concurrent copies on several streams, and for every model shape given the decode
 ops the live executor runs (attention against context length and batch, norms, router, expert SwiGLU
 against token count, shared experts, dense MLP, predictor MLP on GPU and CPU), plus launch overhead.
-The profile (TOML) is what ``moe-prefetch simulate --hardware FILE`` reads; ``--raw`` also keeps every
-measured number as JSON, including the live runs the executor's host costs were fitted to, so that
-``--refit RAW.json`` can fit them again with a changed simulator, without a GPU. ``--device cpu --effort
+Live decodes of each shape with every expert resident, alone and with a chain of copies keeping the link
+busy, fit what the ops timed one at a time miss: the host's and the GPU's time per layer outside the ops,
+and the factor on the ops' GPU times beside copies (a model instance's own; see sim/calibrate.py's
+fit_host_costs). The profile (TOML) is what ``moe-prefetch simulate --hardware FILE`` reads; ``--raw``
+also keeps every measured number as JSON, including those live runs, so that ``--refit RAW.json`` can
+fit them again with a changed simulator, without a GPU. ``--device cpu --effort
 smoke`` checks the code path on a machine without a GPU (the numbers are then meaningless and the profile
 says so).
 """
