@@ -1020,18 +1020,16 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
     rather than the median or the mean. Returns the runs that had no fast step (fitted at the slow
     level: a warning for the profile's notes).
     """
-    from sim.simulation import simulate
-
     runs = {(r.shape, r.kind): r for r in result.host_runs}
     steps, slow = host_fit_steps(result.host_runs)
     result.issue_s, result.host_layer_s, result.gpu_layer_s = 0.0, {}, {}
     result.gpu_scale, result.copying_scale = {}, {}
     for shape in shapes:
         if (shape.name, "layer") in runs:
-            _fit_layer_costs(result, shapes, shape, runs[shape.name, "layer"], steps[shape.name, "layer"])
+            run = runs[shape.name, "layer"]
+            _fit_layer_costs(result, shapes, run, _FitTarget.of(shape, run, steps))
         if (shape.name, "copying") in runs:
-            key = (shape.name, "copying")
-            _fit_copying_scale(result, shapes, shape, runs[key], steps[key])
+            _fit_copying_scale(result, shapes, _FitTarget.of(shape, runs[shape.name, "copying"], steps))
     copy_runs = [(s, runs[s.name, "copy"]) for s in shapes if (s.name, "copy") in runs]
     if not copy_runs:
         return slow
@@ -1040,73 +1038,81 @@ def fit_host_costs(result: Calibration, shapes: Sequence[ModelShape]) -> list[st
         host_us = run.counters["host_issue_us"] + run.counters["host_landing_us"]
         result.issue_s = host_us / 1e6 / run.counters["live_transfers"]
         return slow
-    small, trace = host_workload(shape, run.moe_layers)
-    setup = host_run_setup("copy")
-    profile = to_profile(result, shapes)
-    mask = steps[shape.name, "copy"]
-    live = np.asarray(run.step_latency_s)[mask]
-
-    def issue_shortfall(issue_s: float) -> float:  # rises with issue_s; zero at the fit
-        simulated = simulate(trace, small, profile.with_copy(issue_s=issue_s), *setup).step_latency_s[mask]
-        return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
-
-    result.issue_s = fit_scalar(issue_shortfall, 0.0, 0.0, ISSUE_FIT_MAX_S, ISSUE_FIT_STEPS)
+    target, profile = _FitTarget.of(shape, run, steps), to_profile(result, shapes)
+    result.issue_s = fit_scalar(
+        lambda issue_s: target.shortfall_s(profile.with_copy(issue_s=issue_s)),
+        0.0,
+        0.0,
+        ISSUE_FIT_MAX_S,
+        ISSUE_FIT_STEPS,
+    )
     return slow
 
 
-def _fit_layer_costs(
-    result: Calibration, shapes: Sequence[ModelShape], shape: ModelShape, run: HostRun, mask: np.ndarray
-) -> None:
-    """``host_layer_s`` and ``gpu_layer_s`` of ``shape`` from its resident run (see ``fit_host_costs``)."""
-    from sim.simulation import simulate
+@dataclass(frozen=True)
+class _FitTarget:
+    """A kept host-cost run as the target of a fit: the workload it decoded and its fitted steps."""
 
-    small, trace = host_workload(shape, run.moe_layers)
-    setup = host_run_setup("layer")
-    live = np.asarray(run.step_latency_s)[mask]
+    small: ModelShape
+    trace: Any
+    setup: tuple[Any, Any, Any]
+    live_s: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def of(cls, shape: ModelShape, run: HostRun, steps: dict[tuple[str, str], np.ndarray]) -> _FitTarget:
+        small, trace = host_workload(shape, run.moe_layers)
+        mask = steps[shape.name, run.kind]
+        return cls(small, trace, host_run_setup(run.kind), np.asarray(run.step_latency_s)[mask], mask)
+
+    def shortfall_s(self, profile: HardwareProfile) -> float:
+        """How far the run simulated with ``profile`` falls short of the live one: minus the
+        ``HOST_FIT_QUANTILE`` quantile over the fitted steps of (live - simulated) step time; it rises as
+        the simulation slows, and a fit sets it to zero."""
+        from sim.simulation import simulate
+
+        simulated = simulate(self.trace, self.small, profile, *self.setup).step_latency_s[self.mask]
+        return -float(np.quantile(self.live_s - simulated, HOST_FIT_QUANTILE))
+
+
+def _fit_layer_costs(
+    result: Calibration, shapes: Sequence[ModelShape], run: HostRun, target: _FitTarget
+) -> None:
+    """``host_layer_s``, ``gpu_layer_s`` and maybe ``gpu_scale`` of a shape from its resident ``run``
+    (see ``fit_host_costs``)."""
+    small, name = target.small, target.small.name
     ops_only = to_profile(result, shapes)  # the measured ops and the host costs fitted so far
     if not run.host_busy_s:
-        simulated = simulate(trace, small, ops_only, *setup).step_latency_s[mask]
-        result.host_layer_s[shape.name] = (
-            float(np.quantile(live - simulated, HOST_FIT_QUANTILE)) / small.num_moe_layers
-        )
+        result.host_layer_s[name] = -target.shortfall_s(ops_only) / small.num_moe_layers
         return
     probe_s = 3 * float(np.median(run.host_probe_s)) if run.host_probe_s else 0.0
     launches_s = launch_time_per_step_s(CostModel(small, ops_only), small, HOST_TOKENS // 2)
-    result.host_layer_s[shape.name] = max(0.0, run.host_busy_s - probe_s - launches_s) / small.num_moe_layers
+    result.host_layer_s[name] = max(0.0, run.host_busy_s - probe_s - launches_s) / small.num_moe_layers
 
-    def shortfall(gpu_layer_s: float) -> float:  # rises with gpu_layer_s; zero at the fit
-        result.gpu_layer_s[shape.name] = gpu_layer_s
-        simulated = simulate(trace, small, to_profile(result, shapes), *setup).step_latency_s[mask]
-        return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
+    def shortfall(gpu_layer_s: float) -> float:
+        result.gpu_layer_s[name] = gpu_layer_s
+        return target.shortfall_s(to_profile(result, shapes))
 
-    result.gpu_layer_s[shape.name] = fit_scalar(shortfall, 0.0, 0.0, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS)
-    if result.gpu_layer_s[shape.name] > 0.0 or shortfall(0.0) <= 0.0:
+    result.gpu_layer_s[name] = fit_scalar(shortfall, 0.0, 0.0, GPU_LAYER_FIT_MAX_S, ISSUE_FIT_STEPS)
+    if result.gpu_layer_s[name] > 0.0 or shortfall(0.0) <= 0.0:
         return
 
-    def scaled_shortfall(scale: float) -> float:  # rises with scale; zero at the fit
-        result.gpu_scale[shape.name] = scale
+    def scaled_shortfall(scale: float) -> float:
+        result.gpu_scale[name] = scale
         return shortfall(0.0)
 
-    result.gpu_scale[shape.name] = fit_scalar(scaled_shortfall, 0.0, GPU_SCALE_MIN, 1.0, ISSUE_FIT_STEPS)
+    result.gpu_scale[name] = fit_scalar(scaled_shortfall, 0.0, GPU_SCALE_MIN, 1.0, ISSUE_FIT_STEPS)
 
 
-def _fit_copying_scale(
-    result: Calibration, shapes: Sequence[ModelShape], shape: ModelShape, run: HostRun, mask: np.ndarray
-) -> None:
-    """``copying_scale`` of ``shape`` from its run beside copies (see ``fit_host_costs``)."""
-    from sim.simulation import simulate
+def _fit_copying_scale(result: Calibration, shapes: Sequence[ModelShape], target: _FitTarget) -> None:
+    """``copying_scale`` of a shape from its run beside copies (see ``fit_host_costs``)."""
+    name = target.small.name
 
-    small, trace = host_workload(shape, run.moe_layers)
-    setup = host_run_setup("copying")
-    live = np.asarray(run.step_latency_s)[mask]
+    def shortfall(scale: float) -> float:
+        result.copying_scale[name] = scale
+        return target.shortfall_s(to_profile(with_link_busy(result, name), shapes))
 
-    def shortfall(scale: float) -> float:  # rises with scale; zero at the fit
-        result.copying_scale[shape.name] = scale
-        busy = to_profile(with_link_busy(result, shape.name), shapes)
-        simulated = simulate(trace, small, busy, *setup).step_latency_s[mask]
-        return -float(np.quantile(live - simulated, HOST_FIT_QUANTILE))
-
-    result.copying_scale[shape.name] = fit_scalar(
+    result.copying_scale[name] = fit_scalar(
         shortfall, 0.0, COPYING_SCALE_MIN, COPYING_SCALE_MAX, ISSUE_FIT_STEPS
     )
 

@@ -147,10 +147,17 @@ def test_the_live_executor_refuses_what_it_cannot_run(trace, policy, options, me
         live.prepare(trace, SHAPE, PolicySpec(policy), CacheConfig(fraction=0.25), options)
 
 
-def _on_demand_on_the_cpu(model, trace, options: SimOptions):
+def _on_demand_on_the_cpu(model, trace, options: SimOptions, before_decode=None):
     hardware, cache = load_profile("h200"), CacheConfig(fraction=0.25)
     return live.run_live(
-        model, trace, hardware, cache, PolicySpec("on-demand"), options, live.LiveOptions(device="cpu")
+        model,
+        trace,
+        hardware,
+        cache,
+        PolicySpec("on-demand"),
+        options,
+        live.LiveOptions(device="cpu", warmup_steps=2),
+        before_decode,
     )
 
 
@@ -202,14 +209,5 @@ def test_work_put_beside_the_decode_starts_after_the_warm_up_and_set_up(trace, m
         return decode_run(self)
 
     monkeypatch.setattr(live._Decode, "run", logged)
-    ran = live.run_live(
-        model,
-        trace,
-        load_profile("h200"),
-        CacheConfig(fraction=1.0),
-        PolicySpec("resident"),
-        SimOptions(),
-        live.LiveOptions(device="cpu", warmup_steps=2),
-        before_decode=lambda: calls.append("beside"),
-    )
+    ran = _on_demand_on_the_cpu(model, trace, SimOptions(), before_decode=lambda: calls.append("beside"))
     assert calls == ["decode 2 steps", "beside", f"decode {len(ran.step_latency_s)} steps"]
