@@ -976,7 +976,7 @@ def use_instance_runs(result: Calibration, runs: Sequence[HostRun]) -> None:
     ] + list(runs)
     names = ", ".join(sorted({r.shape for r in runs}))
     beside = any(r.kind == "copying" for r in runs)
-    fitted = "host_layer, gpu_layer" + (" and copying_scale" if beside else "")
+    fitted = "host_layer, gpu_layer, gpu_scale" + (", copying_scale" if beside else "")
     result.notes = (
         f"{result.notes} {fitted} of {names} fitted to the resident host-cost run(s) on the model a "
         "validation grid ran on (its instance_runs.json), not on calibration's own model."
