@@ -1578,22 +1578,23 @@ def undisturbed_copies(result: Calibration) -> tuple[list[CopyPoint], str]:
     return [fixed if p is point else p for p in copies], note
 
 
+def _listed_scales(scales: dict[str, float]) -> str:
+    """Fitted factors per shape, for the profile's notes and the summary."""
+    return ", ".join(f"{name} x{scale:.3f}" for name, scale in scales.items())
+
+
 def _scales_note(result: Calibration) -> str:
     """The profile's words on the fitted factors on the ops' GPU times (none: as measured)."""
-
-    def listed(scales: dict[str, float]) -> str:
-        return ", ".join(f"{name} x{scale:.3f}" for name, scale in scales.items())
-
     quantile = f"the {100 * HOST_FIT_QUANTILE:.0f}th percentile of (live - simulated) step time is zero"
     return (
-        f" <op>_gpu and <op>_copying curves scaled per shape ({listed(result.gpu_scale)}): its resident "
-        f"run was faster than its ops allow with no gap between them; the factor at which {quantile} "
-        "with gpu_layer 0."
+        f" <op>_gpu and <op>_copying curves scaled per shape ({_listed_scales(result.gpu_scale)}): its "
+        f"resident run was faster than its ops allow with no gap between them; the factor at which "
+        f"{quantile} with gpu_layer 0."
         if result.gpu_scale
         else ""
     ) + (
-        f" <op>_copying curves scaled per shape ({listed(result.copying_scale)}): the factor at which "
-        f"{quantile} for a resident decode on the resident run's model with a chain of expert-sized "
+        f" <op>_copying curves scaled per shape ({_listed_scales(result.copying_scale)}): the factor at "
+        f"which {quantile} for a resident decode on the resident run's model with a chain of expert-sized "
         "copies keeping the link busy throughout, simulated with every op at its time beside copies."
         if result.copying_scale
         else ""
@@ -1652,10 +1653,10 @@ def summary_text(result: Calibration) -> str:
         gaps = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in result.gpu_layer_s.items())
         lines.append(f"GPU time per MoE layer outside the ops: {gaps}")
     if result.gpu_scale:
-        scales = ", ".join(f"{k} x{v:.3f}" for k, v in result.gpu_scale.items())
+        scales = _listed_scales(result.gpu_scale)
         lines.append(f"ops' GPU times against their curves, in a resident decode with no gap: {scales}")
     if result.copying_scale:
-        scales = ", ".join(f"{k} x{v:.3f}" for k, v in result.copying_scale.items())
+        scales = _listed_scales(result.copying_scale)
         lines.append(f"ops beside copies, against their curves, in a decode with the link busy: {scales}")
     for name, t in result.shapes.items():
         if t.host_s:
