@@ -298,34 +298,41 @@ def test_host_costs_ignore_steps_slowed_without_the_probe_seeing_it() -> None:
 
 def _graphed(result: cal.Calibration, copying_ratio: float = 1.0) -> cal.ShapeTimings:
     """``result``'s TINY timings made those of a graphed executor: every op runs 100 us on the GPU
-    (``copying_ratio`` times that beside copies) and launches in 1 us, with no fitted factor on them."""
+    (``copying_ratio`` times that beside copies), back to back too, and launches in 1 us, with no
+    fitted factor on them (nothing measured on this CPU is left in the ops' times)."""
     from sim.hardware import GPU_TIMED_OPS
 
     result.gpu_scale, result.copying_scale = {}, {}
-
     timings = result.shapes[TINY.name]
+
+    def curve(op: str, seconds: float) -> list:
+        if op == "attention":
+            return [[seconds] * len(timings.contexts) for _ in timings.batches]
+        return [seconds] * len(timings.tokens if op in ("expert", "shared", "dense") else timings.batches)
+
     for op in GPU_TIMED_OPS:
-        axis = timings.tokens if op in ("expert", "shared", "dense") else timings.batches
-        timings.gpu_s[op] = [1e-4] * len(axis)
-        timings.host_s[op] = [1e-6] * len(axis)
-        timings.copying_s[op] = [1e-4 * copying_ratio] * len(axis)
-    for curves, seconds in ((timings.gpu_s, 1e-4), (timings.host_s, 1e-6), (timings.copying_s, 1e-4)):
-        curves["attention"] = [
-            [seconds * (copying_ratio if curves is timings.copying_s else 1.0)] * len(timings.contexts)
-            for _ in timings.batches
-        ]
+        setattr(timings, f"{op}_s", curve(op, 1e-4))
+        timings.gpu_s[op] = curve(op, 1e-4)
+        timings.host_s[op] = curve(op, 1e-6)
+        timings.copying_s[op] = curve(op, 1e-4 * copying_ratio)
     return timings
 
 
 def _decoded(result: cal.Calibration, kind: str, profile) -> cal.HostRun:
     """``result``'s host-cost run of ``kind``, its steps replaced by those ``profile`` simulates, at fast
-    probes (a made-up live run whose truth is known)."""
+    probes, and a resident run's host busy time made of ``result``'s host time per layer, the probe and
+    the launches, as ``fit_host_costs`` takes it apart (a made-up live run whose truth is known)."""
+    from sim.costs import CostModel
     from sim.simulation import simulate
 
+    probe_s = 1e-5
     run = next(r for r in result.host_runs if r.kind == kind)
     small, trace = cal.host_workload(TINY, run.moe_layers)
     run.step_latency_s = list(simulate(trace, small, profile, *cal.host_run_setup(kind)).step_latency_s)
-    run.host_probe_s = [1e-5] * len(run.step_latency_s)
+    run.host_probe_s = [probe_s] * len(run.step_latency_s)
+    if kind == "layer":
+        launches = cal.launch_time_per_step_s(CostModel(small, profile), small, cal.HOST_TOKENS // 2)
+        run.host_busy_s = 3 * probe_s + launches + small.num_moe_layers * result.host_layer_s[TINY.name]
     return run
 
 
@@ -333,16 +340,12 @@ def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_t
     """A graphed executor launches in microseconds what the GPU runs for tens: its step time is the
     GPU's, so the host's own time per layer comes from its measured busy time (less the probe and the
     launches), and the GPU's gaps between launches from what the simulated steps still lack."""
-    from sim.costs import CostModel
 
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
     _graphed(result)
     result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-4}, {TINY.name: 5e-5}
     truth = cal.to_profile(result, [TINY])
-    layer_run = _decoded(result, "layer", truth)
-    small = cal.host_workload(TINY, layer_run.moe_layers)[0]
-    launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
-    layer_run.host_busy_s = 3e-5 + launches + small.num_moe_layers * 2e-4
+    _decoded(result, "layer", truth)
     cal.fit_host_costs(result, [TINY])
     assert result.host_layer_s[TINY.name] == pytest.approx(2e-4)
     assert result.gpu_layer_s[TINY.name] == pytest.approx(5e-5, rel=1e-3)
@@ -352,7 +355,6 @@ def test_with_the_hosts_busy_time_measured_the_host_and_gpu_time_per_layer_are_t
 def test_a_resident_run_faster_than_its_ops_allow_scales_their_gpu_times_down() -> None:
     """Calibration's own buffers can run the ops slower than the model does: with no gap left to fit,
     the ops' GPU times (alone and beside copies) take the factor that matches the run, and say so."""
-    from sim.costs import CostModel
 
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
     _graphed(result, copying_ratio=1.25)
@@ -365,9 +367,6 @@ def test_a_resident_run_faster_than_its_ops_allow_scales_their_gpu_times_down() 
     assert truth.compute.curve("expert_gpu", TINY.name).at(1) == pytest.approx(0.8e-4)
     assert truth.compute.curve("expert_copying", TINY.name).at(1) == pytest.approx(0.8 * 1.25e-4)
     layer_run = _decoded(result, "layer", truth)
-    small = cal.host_workload(TINY, layer_run.moe_layers)[0]
-    launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
-    layer_run.host_busy_s = launches + small.num_moe_layers * 2e-5
     cal.fit_host_costs(result, [TINY])
     assert result.gpu_layer_s[TINY.name] == 0.0
     assert result.gpu_scale[TINY.name] == pytest.approx(0.8, rel=1e-2)
@@ -400,7 +399,6 @@ def test_with_the_link_busy_every_op_runs_at_its_scaled_time_beside_copies() -> 
 def test_a_run_beside_copies_fits_the_factor_on_the_ops_times_beside_copies() -> None:
     """The model of a "copying" run slows beside copies 1.4 times as much as the ops timed one at a time
     beside them: the fit, after the resident run's costs, finds that factor, and says so."""
-    from sim.costs import CostModel
 
     result = cal.calibrate([TINY], device="cpu", effort=cal.Effort.smoke())
     _graphed(result, copying_ratio=1.25)
@@ -408,10 +406,7 @@ def test_a_run_beside_copies_fits_the_factor_on_the_ops_times_beside_copies() ->
     result.host_runs.append(copying_run)
     result.host_layer_s, result.gpu_layer_s = {TINY.name: 2e-5}, {TINY.name: 5e-5}
     truth = cal.to_profile(result, [TINY])
-    layer_run = _decoded(result, "layer", truth)
-    small = cal.host_workload(TINY, layer_run.moe_layers)[0]
-    launches = cal.launch_time_per_step_s(CostModel(small, truth), small, cal.HOST_TOKENS // 2)
-    layer_run.host_busy_s = launches + small.num_moe_layers * 2e-5
+    _decoded(result, "layer", truth)
     result.copying_scale = {TINY.name: 1.4}
     _decoded(result, "copying", cal.to_profile(cal.with_link_busy(result, TINY.name), [TINY]))
     result.copying_scale = {}
