@@ -556,6 +556,22 @@ class CopyChain:
 
     #: a link rate no PCIe link beats (sizes the chain: more copies than needed, never fewer)
     FASTEST_LINK_BPS = 64e9
+    #: most copies a chain queues: a CUDA stream holds about 1024 queued operations and the host blocks on
+    #: a full one, so a longer chain is still being queued while most of it runs (session 11: 6236 copies
+    #: of 9 MiB took 939 ms to queue, and the 193 ms left of them did not outlast a 421 ms decode)
+    MAX_QUEUED_COPIES = 512
+
+    @classmethod
+    def chunk_bytes_for(cls, seconds: float, copy_bytes: int) -> int:
+        """The copy size of a chain that keeps the link busy for ``seconds`` once queued: ``copy_bytes``,
+        or larger (whole MiB) where that many copies would not fit in the stream's queue."""
+        queue_bytes = seconds * cls.FASTEST_LINK_BPS / (cls.MAX_QUEUED_COPIES - 1)
+        return max(copy_bytes, math.ceil(queue_bytes / MIB) * MIB)
+
+    @classmethod
+    def copies_for(cls, seconds: float, chunk_bytes: int) -> int:
+        """Copies of ``chunk_bytes`` that keep the link busy for at least ``seconds``."""
+        return 1 + math.ceil(seconds * cls.FASTEST_LINK_BPS / chunk_bytes)
 
     def __init__(self, device: Any, chunk_bytes: int) -> None:
         import torch
@@ -572,7 +588,7 @@ class CopyChain:
         import torch
 
         started = time.perf_counter()
-        self.copies = 1 + math.ceil(seconds * self.FASTEST_LINK_BPS / self.chunk_bytes)
+        self.copies = self.copies_for(seconds, self.chunk_bytes)
         self.begun, self.ended = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         with torch.cuda.stream(self.stream):
             self.begun.record()
@@ -893,8 +909,8 @@ def host_run_on(
 ) -> HostRun:
     """Decode the synthetic host-cost trace of ``kind`` on a live model built already (its shape, maybe
     truncated: ``host_workload``), labelled with shape ``name`` (default: the model's). A "copying" run
-    (GPU only) queues a ``CopyChain`` of expert-sized copies right before its first step, long enough to
-    outlast the decode, and keeps the chain's copy count and time in its counters (``chain_copies``,
+    (GPU only) queues a ``CopyChain`` of expert-sized copies (larger where the stream's queue would not
+    hold that many) right before its first step, long enough to outlast the decode, and keeps the chain's copy count and time in its counters (``chain_copies``,
     ``chain_us``); it refuses a run whose chain ended first. (Queued before ``run_live``, session 10's
     first chains were spent by up to 0.4 s of set-up and ended a quarter of the way before the
     decode.)"""
@@ -909,8 +925,10 @@ def host_run_on(
         if not model.dev.cuda:
             raise ValueError("a host-cost run beside copies needs a GPU")
         expected_s = simulate(trace, small, profile, cache, policy, options).total_s
-        chain = CopyChain(model.dev.device, min(small.bytes_per_expert, COPY_CHAIN_MAX_BYTES))
-        queue_chain = functools.partial(chain.start, COPYING_RUN_MARGIN * expected_s + COPYING_RUN_EXTRA_S)
+        chain_s = COPYING_RUN_MARGIN * expected_s + COPYING_RUN_EXTRA_S
+        copy_bytes = min(small.bytes_per_expert, COPY_CHAIN_MAX_BYTES)
+        chain = CopyChain(model.dev.device, CopyChain.chunk_bytes_for(chain_s, copy_bytes))
+        queue_chain = functools.partial(chain.start, chain_s)
     ran = live.run_live(model, trace, profile, cache, policy, options, live_options, queue_chain)
     counters = {k: float(v) for k, v in ran.counters.items()}
     if chain is not None:

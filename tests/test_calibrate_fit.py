@@ -531,6 +531,20 @@ def test_a_host_cost_run_beside_copies_needs_a_gpu() -> None:
     assert cal.instance_run_kinds(short) == ()  # no room for the trace's context
 
 
+@pytest.mark.parametrize("seconds", [1e-4, 0.05, 0.94, 3.0])
+def test_a_chain_of_copies_fits_the_streams_queue_and_lasts_long_enough(seconds: float) -> None:
+    """Past about 1024 queued copies the host blocks until the link drains them, so a longer chain is
+    mostly spent by the time it is queued: long chains take larger copies, short ones stay expert-sized."""
+    expert_bytes = 9 * cal.MIB
+    chunk = cal.CopyChain.chunk_bytes_for(seconds, expert_bytes)
+    copies = cal.CopyChain.copies_for(seconds, chunk)
+    assert copies <= cal.CopyChain.MAX_QUEUED_COPIES
+    assert copies * chunk >= seconds * cal.CopyChain.FASTEST_LINK_BPS
+    assert chunk >= expert_bytes
+    if seconds * cal.CopyChain.FASTEST_LINK_BPS < (cal.CopyChain.MAX_QUEUED_COPIES - 1) * expert_bytes:
+        assert chunk == expert_bytes
+
+
 def test_copy_sizes_are_timed_in_interleaved_rounds() -> None:
     """A slow spell of the link must land on every size alike (one size after the other, session 10's
     fourth calibration had the expert's size 4.7% slow): one interleaved measurement of all sizes."""
