@@ -37,7 +37,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,16 @@ P99_TARGET = 0.10
 @dataclass(frozen=True)
 class ShapeRun:
     """One model shape and the trace that drives it (first ``tokens`` tokens); ``passes`` overrides the
-    grid's live passes for this shape (a shape whose runs are long and steady may need one)."""
+    grid's live passes for this shape (a shape whose runs are long and steady may need one), and
+    ``host_gate = false`` runs it without the grid's host gate (a copy-bound shape, whose steps the host's
+    speed does not set: on a VM whose core sat at its slow level, the gate's waits and repeats took
+    Mixtral-8x7B's passes from 100 s to 240 s, session 11)."""
 
     shape: str
     trace: str
     tokens: int = 128
     passes: int | None = None
+    host_gate: bool = True
 
 
 @dataclass(frozen=True)
@@ -201,11 +205,12 @@ def run_live_grid(
     live_options: Any = None,
     base_dir: str | os.PathLike[str] = ".",
     progress: Callable[[str], None] | None = None,
-    on_shape_done: Callable[[list[SimResult]], None] | None = None,
+    checkpoint: Callable[[list[SimResult]], None] | None = None,
     instance_runs: list[Any] | None = None,
 ) -> list[SimResult]:
     """Every grid point on the live executor (needs torch; a GPU unless ``live_options.device='cpu'``);
-    ``on_shape_done`` gets the results so far after each shape (to save them as the run goes).
+    ``checkpoint`` gets the results so far after each pass of each shape and after each shape (to save
+    them as the run goes: a time limit loses the pass under way, not the grid).
 
     With ``instance_runs`` (a list), each shape's live model, where it holds every expert, also decodes
     calibration's resident host-cost runs (``sim.calibrate.instance_run_kinds``, ``host_run_on``: alone
@@ -240,18 +245,21 @@ def run_live_grid(
     results: list[SimResult] = []
     for run in grid.shapes:
         try:
-            results.extend(_live_shape(run, grid, hardware, live_options, base_dir, say, gate, instance_runs))
+            shape_gate = gate if run.host_gate else None
+            passes = _live_passes(run, grid, hardware, live_options, base_dir, say, shape_gate, instance_runs)
+            for pass_results in passes:
+                results.extend(pass_results)
+                if checkpoint is not None:
+                    checkpoint(results)
         except InputError:
             raise
         except Exception as exc:  # one shape's failure (e.g. out of memory) must not lose the others
-            say(f"WARNING: {run.shape}: live runs failed ({type(exc).__name__}: {exc})")
+            say(f"WARNING: {run.shape}: live runs failed ({type(exc).__name__}: {exc}); earlier passes kept")
         _release_gpu()
-        if on_shape_done is not None:
-            on_shape_done(results)
     return results
 
 
-def _live_shape(
+def _live_passes(
     run: ShapeRun,
     grid: Grid,
     hardware: HardwareProfile,
@@ -260,11 +268,13 @@ def _live_shape(
     say: Callable[[str], None],
     gate: HostGate | None,
     instance_runs: list[Any] | None = None,
-) -> list[SimResult]:
+) -> Iterator[list[SimResult]]:
+    """One shape's live passes over the grid points, each pass's results as it completes, on one model
+    (built here, with room for the instance runs' context too: a longer cache only rounds the masked
+    attention of the grid's last few positions up to the next power of two)."""
     from sim import calibrate, live
 
     options = grid.options()
-    results = []
     shape, trace = shape_trace(run, base_dir)
     points = grid_points(grid)
     plans = [live.prepare(trace, shape, spec, grid.cache(f), options) for spec, f in points]
@@ -272,6 +282,8 @@ def _live_shape(
     predictor = any(p[1].predictor_kind == "mlp" for p in plans)
     transfers = any(not p[1].resident for p in plans)
     context = int(trace.pos.max()) + 1
+    if instance_runs is not None:
+        context = max(context, calibrate.HOST_TOKENS + 1)
     say(f"{shape.name}: building live model ({slots} slots, context {context})")
     model = live.open_model(
         shape,
@@ -297,6 +309,7 @@ def _live_shape(
             say(f"WARNING: {shape.name}: no {kind} instance run ({exc})")
     passes = run.passes or grid.passes
     for p in range(passes):
+        results = []
         for spec, fraction in points if p % 2 == 0 else points[::-1]:
             say(f"{shape.name}: pass {p + 1}/{passes}: live {spec.label()} at {fraction:g} of experts")
             decode = functools.partial(
@@ -310,7 +323,7 @@ def _live_shape(
                 result.counters |= _gate_counters(gated)
             result.counters[PASS_COUNTER] = p
             results.append(result)
-    return results
+        yield results
 
 
 def _gate_counters(gated: GatedRun[SimResult]) -> dict[str, Any]:

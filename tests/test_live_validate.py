@@ -367,22 +367,66 @@ def test_runs_without_probes_have_no_fast_step_error(results) -> None:
 def test_a_live_grid_also_decodes_calibrations_resident_run_on_each_model_that_holds_every_expert(
     tmp_path,
 ) -> None:
+    """Also where the grid decodes fewer tokens than the host-cost run (Mixtral-8x7B's 14, session 11):
+    the model is built with room for both."""
     from sim import calibrate
     from sim.live import LiveOptions
 
     grid = _tiny_grid(tmp_path, passes=1)
-    long_enough = dataclasses.replace(grid.shapes[0], tokens=calibrate.HOST_TOKENS + 1)
+    assert grid.shapes[0].tokens < calibrate.HOST_TOKENS
     options = LiveOptions(device="cpu", warmup_steps=1)
     found = {}
     for policies in (grid.policies, ("on-demand",)):  # without resident the model has too few slots
         runs: list = []
         v.run_live_grid(
-            dataclasses.replace(grid, shapes=(long_enough,), policies=policies),
-            load_profile("h200"),
-            options,
-            instance_runs=runs,
+            dataclasses.replace(grid, policies=policies), load_profile("h200"), options, instance_runs=runs
         )
         found[policies] = runs
     (run,) = found[grid.policies]
     assert found[("on-demand",)] == []
     assert run.kind == "layer" and len(run.step_latency_s) == calibrate.HOST_TOKENS and run.host_busy_s > 0
+
+
+def test_the_live_grid_hands_over_its_results_after_every_pass_and_keeps_them_when_a_later_one_fails(
+    tmp_path, monkeypatch
+) -> None:
+    """A device call stopped at its time limit, or a run that fails, loses the pass under way only."""
+    from sim import live
+    from sim.live import LiveOptions
+
+    decode = live.run_live
+    runs = {"n": 0}
+
+    def failing_in_the_second_pass(*args, **kwargs):
+        runs["n"] += 1
+        if runs["n"] == 1 + 3 + 2:  # burn-in, pass 1, two runs into pass 2
+            raise RuntimeError("out of memory")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(live, "run_live", failing_in_the_second_pass)
+    saved: list[list[int]] = []
+    grid = _tiny_grid(tmp_path, passes=3)
+    result = v.run_live_grid(
+        grid,
+        load_profile("h200"),
+        LiveOptions(device="cpu", warmup_steps=1),
+        checkpoint=lambda done: saved.append([r.counters[v.PASS_COUNTER] for r in done]),
+    )
+    assert saved == [[0, 0, 0]]
+    assert [r.counters[v.PASS_COUNTER] for r in result] == [0, 0, 0]
+
+
+def test_a_shape_may_run_without_the_grids_host_gate(tmp_path, monkeypatch) -> None:
+    from sim import host_speed
+    from sim.live import LiveOptions
+
+    monkeypatch.setattr(host_speed, "SETTLE_S", 0.0)
+    grid = _tiny_grid(tmp_path, passes=1, host_gate_timeout_s=5.0)
+    for gated in (True, False):
+        shapes = (dataclasses.replace(grid.shapes[0], host_gate=gated),)
+        live = v.run_live_grid(
+            dataclasses.replace(grid, shapes=shapes),
+            load_profile("h200"),
+            LiveOptions(device="cpu", warmup_steps=1),
+        )
+        assert all(("host_gate_attempts" in r.counters) is gated for r in live)

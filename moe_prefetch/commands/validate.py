@@ -93,13 +93,13 @@ def _run(args: argparse.Namespace) -> int:
         options = LiveOptions(device=args.device, host_budget_bytes=int(args.host_budget_gib * GIB))
         instance_runs: list[Any] = []
 
-        def save(results: list[Any]) -> None:  # after each shape: a later shape's failure loses nothing
+        def save(results: list[Any]) -> None:  # after each pass: a time limit loses the pass under way
             write_results(results, live_path)
             runs = [dataclasses.asdict(r) for r in instance_runs]
             write_text_atomic(out / "instance_runs.json", json.dumps(runs, indent=1) + "\n")
 
         live = v.run_live_grid(
-            grid, hardware, options, progress=say, on_shape_done=save, instance_runs=instance_runs
+            grid, hardware, options, progress=say, checkpoint=save, instance_runs=instance_runs
         )
         save(live)
         live_meta = _live_environment(args.device) | {"live_wall_s": time.perf_counter() - started}
