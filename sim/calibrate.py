@@ -910,10 +910,10 @@ def host_run_on(
     """Decode the synthetic host-cost trace of ``kind`` on a live model built already (its shape, maybe
     truncated: ``host_workload``), labelled with shape ``name`` (default: the model's). A "copying" run
     (GPU only) queues a ``CopyChain`` of expert-sized copies (larger where the stream's queue would not
-    hold that many) right before its first step, long enough to outlast the decode, and keeps the chain's copy count and time in its counters (``chain_copies``,
-    ``chain_us``); it refuses a run whose chain ended first. (Queued before ``run_live``, session 10's
-    first chains were spent by up to 0.4 s of set-up and ended a quarter of the way before the
-    decode.)"""
+    hold that many) right before its first step, long enough to outlast the decode, and keeps the chain's
+    copy count and time in its counters (``chain_copies``, ``chain_us``); it refuses a run whose chain
+    ended first. (Queued before ``run_live``, session 10's first chains were spent by up to 0.4 s of
+    set-up and ended a quarter of the way before the decode.)"""
     from sim import live
     from sim.simulation import simulate
 
@@ -1536,7 +1536,7 @@ def to_profile(
             f" Host-bound measurements (launch overhead, op curves, host-cost runs) each waited for the host "
             f"core's fast level first and were repeated when the core ended them slow (sim.host_speed probe "
             f"{result.host_probe_s * 1e6:.0f} us; {sum(g['waited_s'] for g in result.host_gates):.1f} s of "
-            f"waiting, {sum(g['attempts'] > 1 for g in result.host_gates)} phases repeated)."
+            f"waiting, {sum(g['attempts'] > 1 for g in result.host_gates)} phase(s) repeated)."
             if result.host_probe_s
             else ""
         )
@@ -1612,8 +1612,9 @@ def _scales_note(result: Calibration) -> str:
         else ""
     ) + (
         f" <op>_copying curves scaled per shape ({_listed_scales(result.copying_scale)}): the factor at "
-        f"which {quantile} for a resident decode on the resident run's model with a chain of expert-sized "
-        "copies keeping the link busy throughout, simulated with every op at its time beside copies."
+        f"which {quantile} for a resident decode on the resident run's model with a chain of copies "
+        "(expert-sized, or larger where the stream's queue would not hold that many) keeping the link busy "
+        "throughout, simulated with every op at its time beside copies."
         if result.copying_scale
         else ""
     )
