@@ -12,6 +12,7 @@ drives it::
     timeline_steps = 0
     # timeline_compute = false  # live timelines of the copies alone (events around every op slow the host)
     passes = 3                # live passes, alternately forward and backward (per-token median)
+    host_gate_timeout_s = 20  # > 0: each live run first waits (up to this long) for the host's fast level
     predictor_device = "gpu"  # the predictor in line ("gpu") or beside the compute stream ("gpu-side")
 
     [[validate.shapes]]
@@ -19,6 +20,7 @@ drives it::
     trace = "traces/data/qwen3-like.parquet"   # or "synthetic" (marked so in every output)
     tokens = 128              # the first N tokens of the trace
     # passes = 1              # optional: this shape's live passes (default: the grid's)
+    # host_gate = false       # optional: this shape runs without the host gate (a copy-bound shape)
 
 A trace of another model is retargeted onto the shape (sim.retarget: layers and experts modulo). The
 ``resident`` policy ignores the cache size: it runs once per shape and appears under every cache size.
@@ -133,6 +135,8 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
     for passes in (grid.passes, *(run.passes for run in grid.shapes if run.passes is not None)):
         if passes < 1:
             raise InputError(path, f"passes must be >= 1, got {passes}")
+    if any(not isinstance(run.host_gate, bool) for run in grid.shapes):
+        raise InputError(path, "host_gate must be true or false")
     if grid.host_gate_timeout_s < 0:
         raise InputError(path, f"host_gate_timeout_s must be >= 0, got {grid.host_gate_timeout_s}")
     if not grid.shapes:

@@ -166,14 +166,16 @@ def test_synthetic_shape_trace_is_cut_to_the_requested_tokens() -> None:
     [
         ("passes = 0", "passes must be >= 1"),
         ("host_gate_timeout_s = -1", "host_gate_timeout_s must be >= 0"),
-        ("shape_passes = 0", "passes must be >= 1"),
+        ("shape: passes = 0", "passes must be >= 1"),
+        ('shape: host_gate = "no"', "host_gate must be true or false"),
         ('predictor_device = "tpu"', "predictor_device must be one of gpu, gpu-side, cpu"),
     ],
 )
 def test_a_grid_setting_out_of_range_is_refused_with_the_file_named(tmp_path, setting, message) -> None:
     path = tmp_path / "grid.toml"
-    shape_setting = ", passes = 0" if setting.startswith("shape_") else ""
-    grid_setting = "" if shape_setting else setting
+    on_shape = setting.startswith("shape: ")
+    shape_setting = ", " + setting.removeprefix("shape: ") if on_shape else ""
+    grid_setting = "" if on_shape else setting
     path.write_text(
         f'[validate]\nhardware = "h200"\n{grid_setting}\n'
         f'shapes = [{{shape = "x", trace = "synthetic", tokens = 4{shape_setting}}}]\n'

@@ -7,7 +7,9 @@ configuration, both clocks, errors, hit/miss counts, bytes moved), validation.cs
 (with policy rankings, live findings and provenance).
 
 A grid with ``host_gate_timeout_s`` > 0 makes every live run wait for the host core's fast level first
-(sim/host_speed.py: on the H200 VMs a vCPU switched between two speeds 2x apart).
+(sim/host_speed.py: on the H200 VMs a vCPU switched between two speeds 2x apart); a shape with
+``host_gate = false`` runs without it (a copy-bound shape, whose steps the host's speed does not set).
+The live results are saved after every pass, so a run stopped by a time limit keeps its finished passes.
 
 Live runs also leave instance_runs.json: each shape's live model, where it holds every expert, decodes
 calibration's resident host-cost runs too (alone, and with a chain of copies keeping the link busy), so
