@@ -213,8 +213,8 @@ def run_live_grid(
     instance_runs: list[Any] | None = None,
 ) -> list[SimResult]:
     """Every grid point on the live executor (needs torch; a GPU unless ``live_options.device='cpu'``);
-    ``checkpoint`` gets the results so far after each pass of each shape and after each shape (to save
-    them as the run goes: a time limit loses the pass under way, not the grid).
+    ``checkpoint`` gets the results so far after each pass of each shape (to save them as the run goes:
+    a time limit or a failing run loses the pass under way, not the grid).
 
     With ``instance_runs`` (a list), each shape's live model, where it holds every expert, also decodes
     calibration's resident host-cost runs (``sim.calibrate.instance_run_kinds``, ``host_run_on``: alone
