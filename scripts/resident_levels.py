@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = small.num_moe_layers * small.num_experts  # every expert resident
     live_options = live.LiveOptions(device=args.device, host_budget_bytes=small.bytes_per_expert)
     for build in range(args.builds):
-        model = live.open_model(small, slots, False, 1, calibrate.HOST_TOKENS + 1, False, 1, live_options)
+        model = live.open_model(small, slots, False, 1, calibrate.HOST_RUN_CONTEXT, False, 1, live_options)
         where = model.slots.data_ptr()
         reserved_gib = torch.cuda.memory_reserved() >> 30 if torch.cuda.is_available() else 0
         medians: dict[str, list[float]] = {kind: [] for kind in calibrate.instance_run_kinds(model)}

@@ -794,6 +794,8 @@ def _attention_layers(shape: ModelShape, effort: Effort, device: Any, gen: Any) 
 #: host's work at each step's start then weighed a quarter as much as a layer's), and its tokens
 HOST_LAYERS = 12
 HOST_TOKENS = 32
+#: the context a model needs to decode a host-cost run (its tokens and the next position)
+HOST_RUN_CONTEXT = HOST_TOKENS + 1
 #: leading steps of a host-cost run left out of the fits (cold cache, first launches)
 HOST_WARMUP_STEPS = 2
 #: the quantile of (live - simulated) step time that the host-cost fit sets to zero (see fit_host_costs)
@@ -899,7 +901,7 @@ def record_host_runs(
     budget = GIB if copies else small.bytes_per_expert
     live_options = live.LiveOptions(device=str(device), host_budget_bytes=budget)
     model = live.open_model(
-        small, slots, copies, 1, HOST_TOKENS + 1, copies, engines, live_options, profile.copy.serial
+        small, slots, copies, 1, HOST_RUN_CONTEXT, copies, engines, live_options, profile.copy.serial
     )
     return [host_run_on(model, kind, profile, live_options, shape.name) for kind in kinds]
 
@@ -960,7 +962,7 @@ def instance_run_kinds(model: Any) -> tuple[str, ...]:
     copies after it; none otherwise."""
     shape = model.shape
     fits = model.slots.shape[0] >= shape.num_moe_layers * shape.num_experts and (
-        model.max_context >= HOST_TOKENS + 1
+        model.max_context >= HOST_RUN_CONTEXT
     )
     if not fits:
         return ()
@@ -978,7 +980,7 @@ def host_run_layers(shape: ModelShape, kind: str, device: Any) -> int:
     if kind not in RESIDENT_RUN_KINDS:
         return HOST_LAYERS
     every_expert = shape.num_moe_layers * shape.num_experts
-    plan = live.plan_memory(shape, every_expert, False, 1, HOST_TOKENS + 1, False, 0)
+    plan = live.plan_memory(shape, every_expert, False, 1, HOST_RUN_CONTEXT, False, 0)
     return shape.num_moe_layers if plan.gpu_bytes <= live.free_gpu_bytes(device) else HOST_LAYERS
 
 

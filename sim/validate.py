@@ -287,7 +287,7 @@ def _live_passes(
     transfers = any(not p[1].resident for p in plans)
     context = int(trace.pos.max()) + 1
     if instance_runs is not None:
-        context = max(context, calibrate.HOST_TOKENS + 1)
+        context = max(context, calibrate.HOST_RUN_CONTEXT)
     say(f"{shape.name}: building live model ({slots} slots, context {context})")
     model = live.open_model(
         shape,

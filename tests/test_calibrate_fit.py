@@ -523,11 +523,11 @@ def test_a_host_cost_run_beside_copies_needs_a_gpu() -> None:
 
     options = live.LiveOptions(device="cpu")
     every_expert = TINY.num_moe_layers * TINY.num_experts
-    model = live.open_model(TINY, every_expert, False, 1, cal.HOST_TOKENS + 1, False, 1, options)
+    model = live.open_model(TINY, every_expert, False, 1, cal.HOST_RUN_CONTEXT, False, 1, options)
     assert cal.instance_run_kinds(model) == ("layer",)
     with pytest.raises(ValueError, match="needs a GPU"):
         cal.host_run_on(model, "copying", load_profile("h200"), options)
-    short = live.open_model(TINY, every_expert, False, 1, cal.HOST_TOKENS, False, 1, options)
+    short = live.open_model(TINY, every_expert, False, 1, cal.HOST_RUN_CONTEXT - 1, False, 1, options)
     assert cal.instance_run_kinds(short) == ()  # no room for the trace's context
 
 
